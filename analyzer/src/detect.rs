@@ -1,0 +1,629 @@
+//! Detection and cause (SPEC §4.1, §4.3): robust baselines, the four
+//! signals, episodes with hysteresis, the stampede test (burst leads
+//! saturation and spike, recomputes explain most database time), the kind,
+//! severity, evidence, timeline, exemplars and mitigations.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::config::AnalysisConfig;
+use crate::incident::{
+    Evidence, Exemplar, Exemplars, Incident, Kind, KeyHerd, Onsets, TimelinePoint,
+};
+use crate::mitigate::{self, peak_concurrency};
+use crate::model::{hex, Sym};
+use crate::shape::{Facts, Outcome, RecomputeFact};
+use crate::signals::ServiceSeries;
+use crate::slo::{budget_consumed, BurnSeries};
+use crate::stats::{mad, median, quantile};
+
+/// Per-bucket flags of one service.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub burst: Vec<bool>,
+    pub saturated: Vec<bool>,
+    pub spike: Vec<bool>,
+    /// Baseline (median) misses per bucket at each bucket.
+    pub miss_baseline: Vec<f64>,
+    pub db_p95_baseline: Vec<f64>,
+    pub p95_baseline: Vec<f64>,
+}
+
+/// Compute flags bucket by bucket; a flagged bucket does not enter the
+/// baseline (the baseline excludes incidents).
+pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
+    let n = series.buckets.len();
+    let window = ((config.baseline_seconds / config.bucket_seconds).round() as usize).max(5);
+    let floor = config.burst_min_misses_per_second * config.bucket_seconds;
+    let mut f = Flags {
+        burst: vec![false; n],
+        saturated: vec![false; n],
+        spike: vec![false; n],
+        miss_baseline: vec![f64::NAN; n],
+        db_p95_baseline: vec![f64::NAN; n],
+        p95_baseline: vec![f64::NAN; n],
+    };
+    let mut misses: VecDeque<f64> = VecDeque::new();
+    let mut db_p95: VecDeque<f64> = VecDeque::new();
+    let mut p95: VecDeque<f64> = VecDeque::new();
+    let threshold = series.slo.threshold_ms;
+    for (b, k) in series.buckets.iter().enumerate() {
+        let mv: Vec<f64> = misses.iter().copied().collect();
+        let med = median(&mv);
+        let spread = mad(&mv);
+        f.miss_baseline[b] = med;
+        if mv.len() >= 5 {
+            let limit = floor
+                .max(med + config.burst_mad_factor * spread.max(1.0))
+                .max(config.burst_min_ratio * med);
+            f.burst[b] = k.misses >= limit;
+        }
+        let dv: Vec<f64> = db_p95.iter().copied().collect();
+        let db_base = median(&dv);
+        f.db_p95_baseline[b] = db_base;
+        let pv: Vec<f64> = p95.iter().copied().collect();
+        f.p95_baseline[b] = median(&pv);
+        let pool = k.pool_ratio().is_some_and(|r| r >= config.pool_saturation_ratio);
+        let pending = k.pending.is_some_and(|p| p > 0.0);
+        let at_pool = k.pool_max.is_some_and(|m| m > 0.0 && k.db_inflight >= m);
+        let slow_db = dv.len() >= 5
+            && k.db_ops >= 3.0
+            && k.db_p95_ms > config.db_p95_factor * db_base.max(1.0);
+        f.saturated[b] = pool || pending || at_pool || slow_db;
+        f.spike[b] = k.requests >= config.min_requests_per_bucket as f64 && k.p95_ms > threshold;
+        if !(f.burst[b] || f.saturated[b] || f.spike[b]) {
+            misses.push_back(k.misses);
+            if misses.len() > window {
+                misses.pop_front();
+            }
+            if k.db_ops > 0.0 {
+                db_p95.push_back(k.db_p95_ms);
+                if db_p95.len() > window {
+                    db_p95.pop_front();
+                }
+            }
+            if k.requests > 0.0 {
+                p95.push_back(k.p95_ms);
+                if p95.len() > window {
+                    p95.pop_front();
+                }
+            }
+        }
+    }
+    f
+}
+
+/// A run of active buckets, closed after enough calm ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Episode {
+    pub start: usize,
+    /// One past the last active bucket.
+    pub end: usize,
+    /// Still active (or not calm long enough) when the data ends.
+    pub open: bool,
+}
+
+pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
+    let n = f.burst.len();
+    let calm_needed = config.calm_buckets_to_close.max(config.merge_gap_buckets).max(1);
+    let mut out = Vec::new();
+    let mut cur: Option<(usize, usize)> = None;
+    for b in 0..n {
+        let active = f.burst[b] || f.saturated[b] || f.spike[b];
+        match (&mut cur, active) {
+            (None, true) => cur = Some((b, b + 1)),
+            (Some((_, end)), true) => *end = b + 1,
+            (Some((s, end)), false) if b - *end + 1 >= calm_needed => {
+                out.push(Episode {
+                    start: *s,
+                    end: *end,
+                    open: false,
+                });
+                cur = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some((s, end)) = cur {
+        out.push(Episode {
+            start: s,
+            end,
+            open: n - end < calm_needed,
+        });
+    }
+    out
+}
+
+fn first_run(v: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize> {
+    let mut run = 0;
+    for b in from..to {
+        if v[b] {
+            run += 1;
+            if run >= min_len {
+                return Some(b + 1 - run);
+            }
+        } else {
+            run = 0;
+        }
+    }
+    None
+}
+
+/// Stable id from what defines an incident.
+pub fn incident_id(service: &str, kind: Kind, onset: u64) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in service.bytes().chain(kind.as_str().bytes()).chain(onset.to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Per key: recomputes and the herd (most in flight at once), largest first.
+pub fn key_herds(recomputes: &[&RecomputeFact]) -> Vec<KeyHerd> {
+    let mut by_key: HashMap<&str, (Sym, Vec<(u64, u64)>)> = HashMap::new();
+    for r in recomputes {
+        by_key
+            .entry(&r.key)
+            .or_insert_with(|| (r.group.clone(), Vec::new()))
+            .1
+            .push((r.start, r.end));
+    }
+    let mut v: Vec<KeyHerd> = by_key
+        .into_iter()
+        .map(|(k, (g, iv))| KeyHerd {
+            key: k.to_string(),
+            group: g.to_string(),
+            recomputes: iv.len() as u64,
+            herd: peak_concurrency(iv.into_iter()),
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.recomputes
+            .cmp(&a.recomputes)
+            .then(b.herd.cmp(&a.herd))
+            .then(a.key.cmp(&b.key))
+    });
+    v
+}
+
+/// Everything detection reads for one service.
+pub struct ServiceInput<'a> {
+    pub series: &'a ServiceSeries,
+    pub facts: &'a Facts,
+    pub config: &'a AnalysisConfig,
+}
+
+/// Detect the incidents of one service.
+pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
+    let ServiceInput {
+        series,
+        facts,
+        config,
+    } = input;
+    let f = flags(series, config);
+    let bs = config.bucket_seconds;
+    let n = series.buckets.len();
+    let tol = ((config.lead_tolerance_seconds / bs).round() as usize).max(1);
+    let burn = BurnSeries::new(
+        &series.buckets.iter().map(|b| b.bad).collect::<Vec<_>>(),
+        &series.buckets.iter().map(|b| b.requests).collect::<Vec<_>>(),
+        bs,
+        series.slo.target,
+    );
+    let service = &series.service;
+    let total_requests: f64 = series.buckets.iter().map(|b| b.requests).sum();
+    let rps = total_requests / (n as f64 * bs).max(bs);
+    let mut out = Vec::new();
+    for ep in episodes(&f, config) {
+        let burst = first_run(&f.burst, ep.start, ep.end, config.burst_min_buckets);
+        let sat = (ep.start..ep.end).find(|&b| f.saturated[b]);
+        let spike = (ep.start..ep.end).find(|&b| f.spike[b]);
+        let Some(spike) = spike else { continue };
+        let sat_measurable = series.coverage.pool_metrics || series.coverage.db_spans;
+        if sat.is_none() && sat_measurable {
+            continue;
+        }
+        let first = [burst, sat, Some(spike)].into_iter().flatten().min().unwrap_or(spike);
+        let window = first..ep.end;
+        let db_ms: f64 = series.buckets[window.clone()].iter().map(|b| b.db_ms).sum();
+        let rc_ms: f64 = series.buckets[window.clone()]
+            .iter()
+            .map(|b| b.recompute_db_ms)
+            .sum();
+        let share = (series.coverage.db_spans && db_ms > 0.0).then(|| rc_ms / db_ms);
+        let leads = burst.is_some_and(|b| {
+            sat.is_none_or(|s| b <= s + tol) && b <= spike + tol
+        });
+        let stampede = leads && share.is_none_or(|s| s >= config.min_recompute_share);
+        let onset_b = if stampede { burst.unwrap_or(first) } else { first };
+        let from_t = series.time_of(onset_b);
+        let end_b = ep.end;
+        let to_t = series.time_of(end_b);
+        // Facts of this service inside the incident window (with the lead
+        // tolerance before the onset, where the first misses start).
+        let lead_t = series.time_of(onset_b.saturating_sub(tol));
+        let in_window = |t: u64| t >= lead_t && t < to_t;
+        let recomputes: Vec<&RecomputeFact> = facts
+            .recomputes
+            .iter()
+            .filter(|r| &r.service == service && in_window(r.start))
+            .collect();
+        let lookups: Vec<_> = facts
+            .lookups
+            .iter()
+            .filter(|l| &l.service == service && in_window(l.t))
+            .collect();
+        let misses: Vec<_> = lookups.iter().copied().filter(|l| l.outcome != Outcome::Hit).collect();
+        let failed = lookups.iter().filter(|l| l.outcome == Outcome::Failed).count() as u64;
+        let requests: Vec<_> = facts
+            .requests
+            .iter()
+            .filter(|r| &r.service == service && in_window(r.start))
+            .collect();
+        let db_ops: Vec<_> = facts
+            .db_ops
+            .iter()
+            .filter(|d| &d.service == service && in_window(d.start))
+            .collect();
+        let herds = key_herds(&recomputes);
+        let distinct = herds.len() as u64;
+        let herd_max = herds.iter().map(|h| h.herd).max().unwrap_or(0);
+        let top_share = herds
+            .first()
+            .map(|h| h.recomputes as f64 / recomputes.len().max(1) as f64)
+            .unwrap_or(0.0);
+        // Previous fills of the missed keys: clustered in time?
+        let missed_keys: HashSet<&Sym> = misses.iter().map(|l| &l.key).collect();
+        let mut last_fill: HashMap<&Sym, u64> = HashMap::new();
+        for fill in facts
+            .fills
+            .iter()
+            .filter(|x| &x.service == service && x.t < from_t && missed_keys.contains(&x.key))
+        {
+            let e = last_fill.entry(&fill.key).or_insert(fill.t);
+            *e = (*e).max(fill.t);
+        }
+        let fill_times: Vec<f64> = last_fill.values().map(|t| *t as f64 / 1e9).collect();
+        let fill_spread = (fill_times.len() >= 3)
+            .then(|| quantile(&fill_times, 0.9) - quantile(&fill_times, 0.1));
+        let ttl_estimate = (!fill_times.is_empty()).then(|| {
+            let first_miss: HashMap<&Sym, u64> = misses.iter().fold(HashMap::new(), |mut m, l| {
+                let e = m.entry(&l.key).or_insert(l.t);
+                *e = (*e).min(l.t);
+                m
+            });
+            let gaps: Vec<f64> = last_fill
+                .iter()
+                .filter_map(|(k, t)| first_miss.get(k).map(|m| m.saturating_sub(*t) as f64))
+                .collect();
+            median(&gaps) as u64
+        });
+        // Markers before the onset.
+        let marker_from = from_t.saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
+        let marker_to = from_t + (config.lead_tolerance_seconds * 1e9) as u64;
+        let marker = facts
+            .markers
+            .iter()
+            .filter(|m| &m.service == service && m.t >= marker_from && m.t <= marker_to)
+            .max_by_key(|m| m.t);
+        let failure_share = failed as f64 / lookups.len().max(1) as f64;
+        let kind = if !stampede {
+            Kind::DbSaturation
+        } else if failure_share >= config.unavailable_failure_share {
+            Kind::CacheUnavailable
+        } else if marker.is_some() {
+            Kind::ColdCache
+        } else if top_share >= config.hot_key_share && herd_max >= config.hot_key_min_herd {
+            Kind::HotKeyExpiry
+        } else {
+            Kind::SynchronizedExpiry
+        };
+        // Severity: the worst over the incident, and the burns there.
+        let mut severity = crate::slo::Severity::Info;
+        let mut worst_b = spike;
+        for b in onset_b..end_b {
+            let (s, _) = burn.severity_at(b);
+            if s > severity {
+                severity = s;
+                worst_b = b;
+            }
+        }
+        let peak_b = (onset_b..end_b)
+            .max_by(|&a, &b| series.buckets[a].p95_ms.total_cmp(&series.buckets[b].p95_ms))
+            .unwrap_or(spike);
+        if severity == crate::slo::Severity::Info {
+            worst_b = peak_b;
+        }
+        let (_, burns) = burn.severity_at(worst_b);
+        let bad: f64 = series.buckets[onset_b..end_b].iter().map(|b| b.bad).sum();
+        let win_requests: f64 = series.buckets[onset_b..end_b].iter().map(|b| b.requests).sum();
+        let before_b = onset_b.saturating_sub(1);
+        let window_buckets = &series.buckets[onset_b..end_b];
+        let miss_rate_peak = window_buckets.iter().map(|b| b.misses).fold(0.0, f64::max) / bs;
+        let miss_ratio_peak = window_buckets.iter().map(|b| b.miss_ratio()).fold(0.0, f64::max);
+        let pre: Vec<&crate::signals::Bucket> = series.buckets[onset_b.saturating_sub(60)..onset_b]
+            .iter()
+            .filter(|b| b.lookups > 0.0)
+            .collect();
+        let miss_ratio_baseline = {
+            let l: f64 = pre.iter().map(|b| b.lookups).sum();
+            let m: f64 = pre.iter().map(|b| b.misses).sum();
+            if l > 0.0 { m / l } else { 0.0 }
+        };
+        let pool_peak = window_buckets
+            .iter()
+            .filter_map(|b| b.pool_ratio())
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let pending_peak = window_buckets
+            .iter()
+            .filter_map(|b| b.pending)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let pool_max = window_buckets
+            .iter()
+            .filter_map(|b| b.pool_max)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let retries = requests.iter().filter(|r| r.resend).count() as u64;
+        let top_keys: Vec<KeyHerd> = herds.iter().take(config.top_keys).cloned().collect();
+        let mut evidence = Evidence {
+            miss_rate_baseline_per_s: f.miss_baseline[onset_b].max(0.0) / bs,
+            miss_rate_peak_per_s: miss_rate_peak,
+            miss_ratio_baseline,
+            miss_ratio_peak,
+            lookups: lookups.len() as u64,
+            misses: misses.len() as u64,
+            failed_lookups: failed,
+            recomputes: recomputes.len() as u64,
+            distinct_keys_recomputed: distinct,
+            duplicate_ratio: if distinct > 0 {
+                recomputes.len() as f64 / distinct as f64
+            } else {
+                0.0
+            },
+            herd_max,
+            top_keys,
+            pool_use_peak: pool_peak,
+            pending_peak,
+            db_inflight_peak: window_buckets.iter().map(|b| b.db_inflight).fold(0.0, f64::max),
+            db_p95_before_ms: nan0(f.db_p95_baseline[onset_b]),
+            db_p95_peak_ms: window_buckets.iter().map(|b| b.db_p95_ms).fold(0.0, f64::max),
+            recompute_share: share,
+            p95_before_ms: nan0(f.p95_baseline[before_b.min(n - 1)]),
+            p95_peak_ms: series.buckets[peak_b].p95_ms,
+            requests: win_requests.round() as u64,
+            bad_requests: bad.round() as u64,
+            burn_rates: burns,
+            budget_consumed: budget_consumed(bad, rps, series.slo.target, series.slo.period_days),
+            slo: series.slo.display_name(),
+            onsets: Onsets {
+                miss_burst_unix_nano: burst.map(|b| series.time_of(b)),
+                db_saturation_unix_nano: sat.map(|b| series.time_of(b)),
+                latency_spike_unix_nano: Some(series.time_of(spike)),
+            },
+            marker: marker.map(|m| format!("{}: {}", m.kind.as_str(), m.detail)),
+            fill_spread_seconds: fill_spread,
+            retries,
+            gaps: series.coverage.gaps(),
+        };
+        if !series.coverage.cache_spans {
+            evidence.misses = window_buckets.iter().map(|b| b.misses).sum::<f64>().round() as u64;
+            evidence.lookups = window_buckets.iter().map(|b| b.lookups).sum::<f64>().round() as u64;
+        }
+        let cause = cause_sentence(kind, &evidence, service);
+        let confidence = confidence(kind, &evidence, leads, series, config);
+        // Timeline around the incident.
+        let t_from = onset_b.saturating_sub(30);
+        let t_to = (end_b + 30).min(n);
+        let timeline = (t_from..t_to)
+            .map(|b| {
+                let k = &series.buckets[b];
+                TimelinePoint {
+                    t_unix_nano: series.time_of(b),
+                    misses_per_s: k.misses / bs,
+                    miss_ratio: k.miss_ratio(),
+                    herd: k.herd,
+                    recomputes_in_flight: k.recompute_inflight,
+                    db_in_flight: k.db_inflight,
+                    pool_use: k.pool_ratio(),
+                    p95_ms: k.p95_ms,
+                    requests_per_s: k.requests / bs,
+                    burn_rate: crate::slo::burn_rate(k.bad, k.requests, series.slo.target),
+                }
+            })
+            .collect();
+        // Exemplars.
+        let mut worst: Vec<_> = requests.clone();
+        worst.sort_by_key(|r| std::cmp::Reverse(r.end - r.start));
+        let worst_requests = worst
+            .iter()
+            .take(config.exemplars)
+            .map(|r| Exemplar {
+                trace_id: hex(&r.trace_id),
+                duration_ms: (r.end - r.start) as f64 / 1e6,
+                route: r.route.to_string(),
+            })
+            .collect();
+        let largest_herd = herds
+            .first()
+            .map(|top| {
+                let mut rs: Vec<_> = recomputes.iter().filter(|r| *r.key == *top.key).collect();
+                rs.sort_by_key(|r| r.start);
+                rs.iter()
+                    .take(config.exemplars)
+                    .map(|r| Exemplar {
+                        trace_id: hex(&r.trace_id),
+                        duration_ms: (r.end - r.start) as f64 / 1e6,
+                        route: r.group.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Baselines for the replay.
+        let mut base_rc: HashMap<Sym, Vec<f64>> = HashMap::new();
+        for r in facts
+            .recomputes
+            .iter()
+            .filter(|r| &r.service == service && r.start < lead_t)
+        {
+            base_rc.entry(r.group.clone()).or_default().push((r.end - r.start) as f64);
+        }
+        let baseline_recompute = base_rc
+            .into_iter()
+            .map(|(g, v)| (g, median(&v) as u64))
+            .collect();
+        let base_req: Vec<f64> = facts
+            .requests
+            .iter()
+            .filter(|r| &r.service == service && r.start < lead_t && !r.missed)
+            .map(|r| (r.end - r.start) as f64)
+            .collect();
+        let known_keys_before = marker.map(|m| {
+            facts
+                .lookups
+                .iter()
+                .filter(|l| &l.service == service && l.t < m.t)
+                .map(|l| l.key.clone())
+                .collect()
+        });
+        let hot_keys: Vec<Sym> = herds
+            .iter()
+            .take_while(|h| h.herd >= config.hot_key_min_herd)
+            .take(3)
+            .map(|h| Sym::from(h.key.as_str()))
+            .collect();
+        let mitigations = mitigate::recommend(&mitigate::Context {
+            kind,
+            recomputes: recomputes.clone(),
+            misses: misses.clone(),
+            known_keys_before,
+            requests: requests.clone(),
+            db_ops: db_ops.clone(),
+            baseline_recompute,
+            baseline_request: (!base_req.is_empty()).then(|| median(&base_req) as u64),
+            pool_max,
+            evidence: &evidence,
+            hot_keys,
+            ttl_estimate,
+        });
+        let onset_t = series.time_of(onset_b);
+        out.push(Incident {
+            id: incident_id(service, kind, onset_t),
+            service: service.to_string(),
+            kind,
+            severity,
+            confidence,
+            cause,
+            onset_unix_nano: onset_t,
+            peak_unix_nano: series.time_of(peak_b),
+            end_unix_nano: (!ep.open).then(|| series.time_of(end_b)),
+            evidence,
+            timeline,
+            exemplars: Exemplars {
+                worst_requests,
+                largest_herd,
+            },
+            mitigations,
+        });
+    }
+    out
+}
+
+fn nan0(x: f64) -> f64 {
+    if x.is_nan() { 0.0 } else { x }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0} %", x * 100.0)
+}
+
+/// The cause in one sentence.
+pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
+    let share = e
+        .recompute_share
+        .map(|s| format!("; {} of database time in the window was recomputing missed keys", pct(s)))
+        .unwrap_or_default();
+    let top = e.top_keys.first();
+    match kind {
+        Kind::SynchronizedExpiry => format!(
+            "Cache stampede in {service}: {} distinct keys expired together (misses {:.0}/s vs {:.0}/s baseline){}, and their recomputes saturated the database{share}.",
+            e.distinct_keys_recomputed,
+            e.miss_rate_peak_per_s,
+            e.miss_rate_baseline_per_s,
+            e.fill_spread_seconds
+                .map(|s| format!(" after being filled within {s:.1} s of each other"))
+                .unwrap_or_default()
+        ),
+        Kind::HotKeyExpiry => format!(
+            "Cache stampede in {service}: hot key {} expired and {} requests recomputed it at once{share}.",
+            top.map(|k| k.key.as_str()).unwrap_or("?"),
+            e.herd_max
+        ),
+        Kind::ColdCache => format!(
+            "Cold cache in {service}: after {}, misses jumped to {} of lookups and the recomputes saturated the database{share}.",
+            e.marker.as_deref().unwrap_or("a deploy or flush"),
+            pct(e.miss_ratio_peak)
+        ),
+        Kind::CacheUnavailable => format!(
+            "Cache unavailable for {service}: {} lookups failed and fell through to the database, which saturated{share}.",
+            e.failed_lookups
+        ),
+        Kind::DbSaturation => format!(
+            "Database saturation in {service} not caused by the cache: latency rose to P95 {:.0} ms without a miss burst{}.",
+            e.p95_peak_ms,
+            e.recompute_share
+                .map(|s| format!(" (recomputes were only {} of database time)", pct(s)))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn confidence(
+    kind: Kind,
+    e: &Evidence,
+    leads: bool,
+    series: &ServiceSeries,
+    config: &AnalysisConfig,
+) -> f64 {
+    let mut c: f64 = 0.4;
+    if kind.is_stampede() {
+        c += e.recompute_share.map_or(0.1, |s| 0.3 * (s / 0.8).min(1.0));
+        if leads {
+            c += 0.15;
+        }
+        c += match kind {
+            Kind::HotKeyExpiry => 0.15 * (e.herd_max as f64 / 20.0).min(1.0),
+            Kind::SynchronizedExpiry => {
+                let keys = (e.distinct_keys_recomputed as f64 / (2.0 * config.sync_min_keys as f64)).min(1.0);
+                0.1 * keys + if e.fill_spread_seconds.is_some_and(|s| s <= config.sync_fill_spread_seconds) { 0.05 } else { 0.0 }
+            }
+            Kind::ColdCache => 0.15,
+            Kind::CacheUnavailable => 0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0),
+            Kind::DbSaturation => 0.0,
+        };
+    } else {
+        c += 0.2 + e.recompute_share.map_or(0.0, |s| 0.2 * (1.0 - s));
+        if e.pool_use_peak.is_some_and(|p| p >= config.pool_saturation_ratio) {
+            c += 0.1;
+        }
+    }
+    if series.coverage.reduced() {
+        c *= 0.8;
+    }
+    (c.clamp(0.0, 0.99) * 100.0).round() / 100.0
+}
+
+/// Markers from kept log records, as facts.
+pub fn log_markers(markers: &[crate::model::LogMarker]) -> Vec<crate::shape::MarkerFact> {
+    markers
+        .iter()
+        .map(|m| crate::shape::MarkerFact {
+            service: m.resource.service.clone(),
+            t: m.time_unix_nano,
+            kind: m.kind,
+            detail: if m.body.is_empty() {
+                m.kind.as_str().to_string()
+            } else {
+                m.body.to_string()
+            },
+        })
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! Herdwatch's analyzer: the pure core. Telemetry model, trace shape, bucket
+//! series, SLO maths, detection, incidents and mitigations. No network, no
+//! clock: time comes in as data. Polars lives here and nowhere else.
+
+pub mod classify;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod shape;
+pub mod signals;
+pub mod stats;
+pub mod detect;
+pub mod incident;
+pub mod mitigate;
+pub mod report;
+pub mod slo;
+
+pub use report::{Analyzer, Session};

@@ -1,0 +1,344 @@
+//! Metric series (SPEC §3.3) into per-service, per-bucket values:
+//! gauges carried forward (last value per series, summed over series),
+//! cumulative sums turned into deltas with counter resets handled, delta
+//! sums used as they are, both spread over the interval they cover, and
+//! latency histograms merged per bucket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::model::{MetricPoint, MetricValue, Sym, Temporality};
+
+/// A gauge older than this is no longer carried forward.
+const GAUGE_STALENESS_NANOS: u64 = 60_000_000_000;
+
+/// What one service's metrics say, bucket by bucket.
+#[derive(Debug, Default, Clone)]
+pub struct MetricBuckets {
+    pub pool_used: Vec<Option<f64>>,
+    pub pool_max: Vec<Option<f64>>,
+    pub pending: Vec<Option<f64>>,
+    pub cpu: Vec<Option<f64>>,
+    pub cache_hits: Vec<f64>,
+    pub cache_misses: Vec<f64>,
+    pub keys_expired: Vec<f64>,
+    pub keys_evicted: Vec<f64>,
+    /// Latency histogram per bucket, in seconds (one bounds set per service).
+    pub latency_bounds: Option<Arc<[f64]>>,
+    pub latency_counts: Vec<Vec<f64>>,
+    pub has_pool: bool,
+    pub has_cache: bool,
+    pub has_latency: bool,
+}
+
+impl MetricBuckets {
+    fn new(n: usize) -> Self {
+        Self {
+            pool_used: vec![None; n],
+            pool_max: vec![None; n],
+            pending: vec![None; n],
+            cpu: vec![None; n],
+            cache_hits: vec![0.0; n],
+            cache_misses: vec![0.0; n],
+            keys_expired: vec![0.0; n],
+            keys_evicted: vec![0.0; n],
+            latency_counts: vec![Vec::new(); n],
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum GaugeKind {
+    PoolUsed,
+    PoolMax,
+    Pending,
+    Cpu,
+}
+
+#[derive(Clone, Copy)]
+enum SumKind {
+    Hits,
+    Misses,
+    Expired,
+    Evicted,
+}
+
+fn gauge_kind(p: &MetricPoint) -> Option<GaugeKind> {
+    match &*p.name {
+        "db.client.connection.count" | "db.client.connections.usage" => {
+            let state = p
+                .attribute("db.client.connection.state")
+                .or_else(|| p.attribute("state"));
+            (state == Some("used")).then_some(GaugeKind::PoolUsed)
+        }
+        "db.client.connection.max" | "db.client.connections.max" | "postgresql.connection.max" => {
+            Some(GaugeKind::PoolMax)
+        }
+        "postgresql.backends" => Some(GaugeKind::PoolUsed),
+        "db.client.connection.pending_requests" | "db.client.connections.pending_requests" => {
+            Some(GaugeKind::Pending)
+        }
+        "system.cpu.utilization" | "process.cpu.utilization" => Some(GaugeKind::Cpu),
+        _ => None,
+    }
+}
+
+fn sum_kind(name: &str) -> Option<SumKind> {
+    match name {
+        "redis.keyspace.hits" => Some(SumKind::Hits),
+        "redis.keyspace.misses" => Some(SumKind::Misses),
+        "redis.keys.expired" => Some(SumKind::Expired),
+        "redis.keys.evicted" => Some(SumKind::Evicted),
+        _ => None,
+    }
+}
+
+fn scalar(v: &MetricValue) -> Option<f64> {
+    match v {
+        MetricValue::Gauge(x) => Some(*x),
+        MetricValue::Sum { value, .. } => Some(*value),
+        _ => None,
+    }
+}
+
+/// Spread `amount` over buckets covering (from, to] in proportion to overlap.
+fn spread(target: &mut [f64], t0: u64, width: u64, from: u64, to: u64, amount: f64) {
+    let n = target.len() as u64;
+    if to <= from || to <= t0 {
+        let b = (to.saturating_sub(t0) / width).min(n.saturating_sub(1)) as usize;
+        if !target.is_empty() {
+            target[b] += amount;
+        }
+        return;
+    }
+    let from = from.max(t0);
+    let span = (to - from) as f64;
+    let mut b = (from - t0) / width;
+    while b < n {
+        let lo = (t0 + b * width).max(from);
+        let hi = (t0 + (b + 1) * width).min(to);
+        if hi > lo {
+            target[b as usize] += amount * (hi - lo) as f64 / span;
+        }
+        if t0 + (b + 1) * width >= to {
+            break;
+        }
+        b += 1;
+    }
+}
+
+/// Per-interval increments of a monotonic cumulative series, counter resets
+/// handled: a drop (or a new start time) starts a new counter whose value is
+/// all increment.
+pub fn cumulative_deltas(points: &[(u64, u64, f64)]) -> Vec<(u64, u64, f64)> {
+    let mut out = Vec::new();
+    let mut prev: Option<(u64, u64, f64)> = None;
+    for &(start, time, value) in points {
+        match prev {
+            Some((pstart, ptime, pvalue)) => {
+                let reset = value < pvalue || (start != 0 && pstart != 0 && start != pstart);
+                let delta = if reset { value } else { value - pvalue };
+                let from = if reset && start != 0 { start } else { ptime };
+                out.push((from, time, delta));
+            }
+            None => {
+                // The first point of a counter that started inside the
+                // window counts from its start time.
+                if start != 0 && start < time {
+                    out.push((start, time, value));
+                }
+            }
+        }
+        prev = Some((start, time, value));
+    }
+    out
+}
+
+/// Bucket every service's metrics over `n` buckets of `width` from `t0`.
+pub fn bucket_metrics(
+    points: &[MetricPoint],
+    t0: u64,
+    width: u64,
+    n: usize,
+) -> HashMap<Sym, MetricBuckets> {
+    let mut series: BTreeMap<String, Vec<&MetricPoint>> = BTreeMap::new();
+    for p in points {
+        let relevant = gauge_kind(p).is_some()
+            || sum_kind(&p.name).is_some()
+            || &*p.name == "http.server.request.duration"
+            || &*p.name == "http.server.duration";
+        if relevant {
+            series.entry(p.series_key()).or_default().push(p);
+        }
+    }
+    let mut out: HashMap<Sym, MetricBuckets> = HashMap::new();
+    let bucket_of = |t: u64| -> Option<usize> {
+        if t < t0 {
+            return None;
+        }
+        let b = ((t - t0) / width) as usize;
+        (b < n).then_some(b)
+    };
+    for (_, mut pts) in series {
+        pts.sort_by_key(|p| p.time_unix_nano);
+        let first = pts[0];
+        let mb = out
+            .entry(first.resource.service.clone())
+            .or_insert_with(|| MetricBuckets::new(n));
+        if let Some(kind) = gauge_kind(first) {
+            // Last value per bucket, carried forward until stale; summed
+            // over series (pools of several instances add up).
+            let mut values: Vec<Option<f64>> = vec![None; n];
+            for (i, p) in pts.iter().enumerate() {
+                let Some(v) = scalar(&p.value) else { continue };
+                let Some(b) = bucket_of(p.time_unix_nano) else { continue };
+                let until = pts
+                    .get(i + 1)
+                    .map(|q| q.time_unix_nano)
+                    .unwrap_or(p.time_unix_nano + width)
+                    .min(p.time_unix_nano + GAUGE_STALENESS_NANOS);
+                let last = bucket_of(until.saturating_sub(1)).unwrap_or(n - 1).max(b);
+                for slot in values.iter_mut().take(last + 1).skip(b) {
+                    *slot = Some(v);
+                }
+            }
+            let target = match kind {
+                GaugeKind::PoolUsed => &mut mb.pool_used,
+                GaugeKind::PoolMax => &mut mb.pool_max,
+                GaugeKind::Pending => &mut mb.pending,
+                GaugeKind::Cpu => &mut mb.cpu,
+            };
+            for (t, v) in target.iter_mut().zip(values) {
+                if let Some(v) = v {
+                    *t = Some(match kind {
+                        GaugeKind::Cpu => t.unwrap_or(0.0).max(v),
+                        _ => t.unwrap_or(0.0) + v,
+                    });
+                }
+            }
+            if matches!(kind, GaugeKind::PoolUsed | GaugeKind::PoolMax | GaugeKind::Pending) {
+                mb.has_pool = true;
+            }
+        } else if let Some(kind) = sum_kind(&first.name) {
+            let cumulative = matches!(
+                first.value,
+                MetricValue::Sum {
+                    temporality: Temporality::Cumulative,
+                    ..
+                }
+            );
+            let raw: Vec<(u64, u64, f64)> = pts
+                .iter()
+                .filter_map(|p| scalar(&p.value).map(|v| (p.start_unix_nano, p.time_unix_nano, v)))
+                .collect();
+            let deltas = if cumulative { cumulative_deltas(&raw) } else { raw };
+            let target = match kind {
+                SumKind::Hits => &mut mb.cache_hits,
+                SumKind::Misses => &mut mb.cache_misses,
+                SumKind::Expired => &mut mb.keys_expired,
+                SumKind::Evicted => &mut mb.keys_evicted,
+            };
+            for (from, to, d) in deltas {
+                spread(target, t0, width, from, to, d);
+            }
+            mb.has_cache = true;
+        } else {
+            // Latency histograms.
+            let mut prev: Option<(u64, Vec<u64>)> = None;
+            for p in &pts {
+                let MetricValue::Histogram {
+                    bounds,
+                    bucket_counts,
+                    temporality,
+                    ..
+                } = &p.value
+                else {
+                    continue;
+                };
+                if bucket_counts.is_empty() {
+                    continue;
+                }
+                // `http.server.duration` (old semconv) is in milliseconds.
+                let scale = if &*p.name == "http.server.duration" || &*p.unit == "ms" {
+                    0.001
+                } else {
+                    1.0
+                };
+                let bounds_s: Arc<[f64]> = bounds.iter().map(|b| b * scale).collect();
+                if mb.latency_bounds.as_ref().is_some_and(|b| b.len() != bounds_s.len()) {
+                    continue; // One bounds layout per service.
+                }
+                mb.latency_bounds.get_or_insert_with(|| bounds_s.clone());
+                let (from, delta): (u64, Vec<f64>) = match temporality {
+                    Temporality::Delta => (
+                        p.start_unix_nano,
+                        bucket_counts.iter().map(|c| *c as f64).collect(),
+                    ),
+                    _ => match &prev {
+                        Some((ptime, pcounts))
+                            if pcounts.len() == bucket_counts.len()
+                                && bucket_counts.iter().zip(pcounts).all(|(a, b)| a >= b) =>
+                        {
+                            (
+                                *ptime,
+                                bucket_counts
+                                    .iter()
+                                    .zip(pcounts)
+                                    .map(|(a, b)| (a - b) as f64)
+                                    .collect(),
+                            )
+                        }
+                        Some(_) => (
+                            p.start_unix_nano,
+                            bucket_counts.iter().map(|c| *c as f64).collect(),
+                        ),
+                        None if p.start_unix_nano != 0 && p.start_unix_nano < p.time_unix_nano => (
+                            p.start_unix_nano,
+                            bucket_counts.iter().map(|c| *c as f64).collect(),
+                        ),
+                        None => {
+                            prev = Some((p.time_unix_nano, bucket_counts.clone()));
+                            continue;
+                        }
+                    },
+                };
+                prev = Some((p.time_unix_nano, bucket_counts.clone()));
+                for (i, d) in delta.iter().enumerate() {
+                    let mut lane = vec![0.0; n];
+                    spread(&mut lane, t0, width, from, p.time_unix_nano, *d);
+                    for (b, v) in lane.iter().enumerate() {
+                        if *v > 0.0 {
+                            let slot = &mut mb.latency_counts[b];
+                            if slot.is_empty() {
+                                slot.resize(delta.len(), 0.0);
+                            }
+                            slot[i] += v;
+                        }
+                    }
+                }
+                mb.has_latency = true;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_deltas_handle_resets() {
+        let pts = [(1, 10, 5.0), (1, 20, 8.0), (25, 30, 2.0), (25, 40, 6.0)];
+        let d = cumulative_deltas(&pts);
+        assert_eq!(d, vec![(1, 10, 5.0), (10, 20, 3.0), (25, 30, 2.0), (30, 40, 4.0)]);
+    }
+
+    #[test]
+    fn spread_is_proportional() {
+        let mut t = vec![0.0; 4];
+        spread(&mut t, 0, 10, 5, 25, 20.0);
+        assert_eq!(t, vec![5.0, 10.0, 5.0, 0.0]);
+    }
+}

@@ -1,0 +1,417 @@
+//! The telemetry model: what the collector extracts from OTLP at ingest and
+//! what every analysis stage reads. Plain data, no I/O.
+//!
+//! Strings that repeat across spans (service, route, span name, db system,
+//! operation, statement) are [`Sym`]s handed out by an [`Interner`], so each
+//! distinct value is stored once however many spans carry it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An interned string. Cloning is a reference-count increment.
+pub type Sym = Arc<str>;
+
+/// Longest attribute value kept; longer values are cut at a char boundary.
+pub const MAX_VALUE_LEN: usize = 256;
+
+/// Bounded string interner shared by every decoder of a process.
+///
+/// Past `capacity` distinct values it stops interning (values are still
+/// stored, just not shared) and counts them in [`Interner::overflowed`], so a
+/// high-cardinality attribute cannot grow the table without bound.
+#[derive(Debug)]
+pub struct Interner {
+    set: Mutex<HashSet<Sym>>,
+    capacity: usize,
+    overflowed: AtomicU64,
+    empty: Sym,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self::with_capacity(200_000)
+    }
+}
+
+impl Interner {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            set: Mutex::new(HashSet::new()),
+            capacity,
+            overflowed: AtomicU64::new(0),
+            empty: Arc::from(""),
+        }
+    }
+
+    /// The shared empty string.
+    pub fn empty(&self) -> Sym {
+        self.empty.clone()
+    }
+
+    pub fn intern(&self, value: &str) -> Sym {
+        if value.is_empty() {
+            return self.empty.clone();
+        }
+        let value = truncate(value, MAX_VALUE_LEN);
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = set.get(value) {
+            return existing.clone();
+        }
+        let sym: Sym = Arc::from(value);
+        if set.len() < self.capacity {
+            set.insert(sym.clone());
+        } else {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        }
+        sym
+    }
+
+    /// Number of distinct values interned.
+    pub fn len(&self) -> usize {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values that arrived after the table was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// Cut `s` to at most `max` bytes on a char boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// OTLP span kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SpanKind {
+    #[default]
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    pub fn from_otlp(value: i32) -> Self {
+        match value {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+/// OTLP span status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StatusCode {
+    #[default]
+    Unset,
+    Ok,
+    Error,
+}
+
+impl StatusCode {
+    pub fn from_otlp(value: i32) -> Self {
+        match value {
+            1 => Self::Ok,
+            2 => Self::Error,
+            _ => Self::Unset,
+        }
+    }
+}
+
+/// The resource a span or point came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceInfo {
+    pub service: Sym,
+    pub version: Sym,
+    pub instance: Sym,
+}
+
+/// One span, reduced to what the analysis reads (SPEC §3.1–3.2). Both
+/// semantic-convention generations are folded at ingest: `db_system` holds
+/// `db.system.name` or `db.system`, `db_query` holds `db.query.text` or
+/// `db.statement`, and so on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRow {
+    pub resource: Arc<ResourceInfo>,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero when the span is a root.
+    pub parent_span_id: [u8; 8],
+    pub kind: SpanKind,
+    pub name: Sym,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub status: StatusCode,
+    /// `http.route`.
+    pub http_route: Sym,
+    /// `http.response.status_code` (legacy `http.status_code`); 0 when absent.
+    pub http_status: u16,
+    /// `http.request.method` (legacy `http.method`).
+    pub http_method: Sym,
+    /// `url.path` (legacy `http.target`, query string removed).
+    pub url_path: Sym,
+    /// `db.system.name` (legacy `db.system`), lower case.
+    pub db_system: Sym,
+    /// `db.operation.name` (legacy `db.operation`).
+    pub db_operation: Sym,
+    /// `db.query.text` (legacy `db.statement`), capped.
+    pub db_query: Sym,
+    /// `db.namespace` (legacy `db.name`).
+    pub db_namespace: Sym,
+    /// `server.address` (legacy `net.peer.name`).
+    pub server_address: Sym,
+    /// `cache.key`.
+    pub cache_key: Sym,
+    /// `cache.hit`, or `cache.result`/`cache.outcome` = hit/miss.
+    pub cache_hit: Option<bool>,
+    /// `http.request.resend_count` > 0: this request is a retry.
+    pub resend_count: u32,
+}
+
+impl SpanRow {
+    pub fn service(&self) -> &str {
+        &self.resource.service
+    }
+
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id == [0; 8]
+    }
+
+    /// Rough heap-inclusive size, for memory accounting.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+}
+
+/// Aggregation temporality of sums and histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Temporality {
+    #[default]
+    Unspecified,
+    Delta,
+    Cumulative,
+}
+
+impl Temporality {
+    pub fn from_otlp(value: i32) -> Self {
+        match value {
+            1 => Self::Delta,
+            2 => Self::Cumulative,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+/// The value of one metric data point.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricValue {
+    Gauge(f64),
+    Sum {
+        value: f64,
+        monotonic: bool,
+        temporality: Temporality,
+    },
+    Histogram {
+        count: u64,
+        sum: f64,
+        bounds: Arc<[f64]>,
+        bucket_counts: Vec<u64>,
+        temporality: Temporality,
+    },
+    ExponentialHistogram {
+        count: u64,
+        sum: f64,
+        scale: i32,
+        zero_count: u64,
+        positive_offset: i32,
+        positive_counts: Vec<u64>,
+        temporality: Temporality,
+    },
+    Summary {
+        count: u64,
+        sum: f64,
+        quantiles: Vec<(f64, f64)>,
+    },
+}
+
+/// Most attributes kept per data point; the rest are dropped and counted.
+pub const MAX_POINT_ATTRIBUTES: usize = 8;
+
+/// One metric data point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    pub resource: Arc<ResourceInfo>,
+    pub name: Sym,
+    pub unit: Sym,
+    /// String form of the point's attributes, sorted by key, at most
+    /// [`MAX_POINT_ATTRIBUTES`].
+    pub attributes: Vec<(Sym, Sym)>,
+    pub start_unix_nano: u64,
+    pub time_unix_nano: u64,
+    pub value: MetricValue,
+}
+
+impl MetricPoint {
+    pub fn service(&self) -> &str {
+        &self.resource.service
+    }
+
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The identity of the series this point belongs to.
+    pub fn series_key(&self) -> String {
+        let mut key = format!("{}|{}|{}", self.resource.service, self.resource.instance, self.name);
+        for (k, v) in &self.attributes {
+            key.push('|');
+            key.push_str(k);
+            key.push('=');
+            key.push_str(v);
+        }
+        key
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.attributes.len() * 32
+            + match &self.value {
+                MetricValue::Histogram { bucket_counts, .. } => bucket_counts.len() * 8,
+                MetricValue::ExponentialHistogram {
+                    positive_counts, ..
+                } => positive_counts.len() * 8,
+                MetricValue::Summary { quantiles, .. } => quantiles.len() * 16,
+                _ => 0,
+            }
+    }
+}
+
+/// What a kept log record marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MarkerKind {
+    Deploy,
+    Restart,
+    CacheFlush,
+}
+
+impl MarkerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Restart => "restart",
+            Self::CacheFlush => "cache-flush",
+        }
+    }
+}
+
+/// A log record that marks a deploy, a restart or a cache flush. Other log
+/// records are counted, not kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogMarker {
+    pub resource: Arc<ResourceInfo>,
+    pub time_unix_nano: u64,
+    pub kind: MarkerKind,
+    pub body: Sym,
+}
+
+/// What one decoded OTLP request (or one file line) yields.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub spans: Vec<SpanRow>,
+    pub points: Vec<MetricPoint>,
+    pub markers: Vec<LogMarker>,
+    /// Log records read but not kept.
+    pub other_logs: u64,
+    /// Items refused inside an otherwise good request, and why.
+    pub rejected: u64,
+    pub reject_reason: Option<String>,
+    /// Attributes seen but not used by the analysis.
+    pub dropped_attributes: u64,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty() && self.points.is_empty() && self.markers.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Batch) {
+        self.spans.extend(other.spans);
+        self.points.extend(other.points);
+        self.markers.extend(other.markers);
+        self.other_logs += other.other_logs;
+        self.rejected += other.rejected;
+        self.dropped_attributes += other.dropped_attributes;
+        if self.reject_reason.is_none() {
+            self.reject_reason = other.reject_reason;
+        }
+    }
+}
+
+/// Lower-case hex of an id.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_shares_and_caps() {
+        let interner = Interner::with_capacity(2);
+        let a = interner.intern("redis");
+        let b = interner.intern("redis");
+        assert!(Arc::ptr_eq(&a, &b));
+        interner.intern("postgresql");
+        let c = interner.intern("mysql");
+        let d = interner.intern("mysql");
+        assert_eq!(&*c, "mysql");
+        assert!(!Arc::ptr_eq(&c, &d), "past capacity values are not shared");
+        assert_eq!(interner.len(), 2);
+        assert_eq!(interner.overflowed(), 2);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0xAB, 0x01]), "ab01");
+    }
+}

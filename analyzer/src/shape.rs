@@ -1,0 +1,660 @@
+//! Trace shape (SPEC §3.2): assemble spans into traces, attribute cache and
+//! database operations to their request, decide hits and misses, and record
+//! recomputes. The output is [`Facts`]: a few small rows per request instead
+//! of the spans, so a capture of any size reduces to bounded memory as
+//! traces complete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::classify::{self, CacheOp, Role};
+use crate::config::AnalysisConfig;
+use crate::model::{MarkerKind, Sym, SpanRow, StatusCode};
+
+/// How a lookup's outcome was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// `cache.hit` / `cache.result` on the lookup or its request.
+    Attribute,
+    /// Lookup followed by database work in the same request.
+    TraceShape,
+    /// No database work followed.
+    NoFollowUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    /// The lookup itself failed (error status, timeout).
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestFact {
+    pub service: Sym,
+    pub route: Sym,
+    pub method: Sym,
+    pub url_path: Sym,
+    pub start: u64,
+    pub end: u64,
+    pub error: bool,
+    pub trace_id: [u8; 16],
+    /// At least one lookup of this request missed or failed.
+    pub missed: bool,
+    pub resend: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LookupFact {
+    pub service: Sym,
+    pub t: u64,
+    pub key: Sym,
+    pub group: Sym,
+    pub outcome: Outcome,
+    pub evidence: Evidence,
+    /// Keys are only the request's route or span name (no per-key detail).
+    pub group_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecomputeFact {
+    pub service: Sym,
+    pub key: Sym,
+    pub group: Sym,
+    pub start: u64,
+    pub end: u64,
+    /// Summed duration of the database operations of the recompute.
+    pub db_nanos: u64,
+    pub trace_id: [u8; 16],
+}
+
+#[derive(Debug, Clone)]
+pub struct DbOpFact {
+    pub service: Sym,
+    pub start: u64,
+    pub end: u64,
+    pub statement: Sym,
+    /// Part of a recompute of a missed key.
+    pub recompute: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FillFact {
+    pub service: Sym,
+    pub key: Sym,
+    pub t: u64,
+}
+
+/// A deploy, restart, flush or new cache node seen in the telemetry.
+#[derive(Debug, Clone)]
+pub struct MarkerFact {
+    pub service: Sym,
+    pub t: u64,
+    pub kind: MarkerKind,
+    pub detail: String,
+}
+
+/// Everything the signals are computed from.
+#[derive(Debug, Default, Clone)]
+pub struct Facts {
+    pub requests: Vec<RequestFact>,
+    pub lookups: Vec<LookupFact>,
+    pub recomputes: Vec<RecomputeFact>,
+    pub db_ops: Vec<DbOpFact>,
+    pub fills: Vec<FillFact>,
+    pub markers: Vec<MarkerFact>,
+    /// (service, version, instance) → first and last time seen.
+    pub versions: HashMap<(Sym, Sym, Sym), (u64, u64)>,
+    /// (service, cache server address) → first time seen.
+    pub cache_nodes: HashMap<(Sym, Sym), u64>,
+    pub spans: u64,
+    pub traces: u64,
+    /// Lookups whose outcome was given by an attribute.
+    pub attribute_lookups: u64,
+    pub min_time: u64,
+    pub max_time: u64,
+}
+
+impl Facts {
+    pub fn services(&self) -> Vec<Sym> {
+        let mut s: Vec<Sym> = self
+            .requests
+            .iter()
+            .map(|r| r.service.clone())
+            .chain(self.lookups.iter().map(|l| l.service.clone()))
+            .chain(self.db_ops.iter().map(|d| d.service.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        s.sort();
+        s
+    }
+
+    /// Turn deploys seen as new `service.version` / `service.instance.id`
+    /// (after an older one), and new cache nodes, into markers.
+    pub fn derive_markers(&mut self) {
+        let mut by_service: HashMap<Sym, Vec<(u64, u64, Sym, Sym)>> = HashMap::new();
+        for ((service, version, instance), (first, last)) in &self.versions {
+            by_service.entry(service.clone()).or_default().push((
+                *first,
+                *last,
+                version.clone(),
+                instance.clone(),
+            ));
+        }
+        for (service, mut v) in by_service {
+            v.sort_by_key(|x| x.0);
+            let capture_start = v[0].0;
+            let mut seen_versions: HashSet<Sym> = HashSet::new();
+            for (first, _, version, instance) in v {
+                let new_version = !seen_versions.is_empty() && !seen_versions.contains(&version);
+                seen_versions.insert(version.clone());
+                if first > capture_start {
+                    self.markers.push(MarkerFact {
+                        service: service.clone(),
+                        t: first,
+                        kind: if new_version {
+                            MarkerKind::Deploy
+                        } else {
+                            MarkerKind::Restart
+                        },
+                        detail: if new_version {
+                            format!("new service.version {version} (instance {instance})")
+                        } else {
+                            format!("new service.instance.id {instance}")
+                        },
+                    });
+                }
+            }
+        }
+        let mut nodes: HashMap<Sym, Vec<(u64, Sym)>> = HashMap::new();
+        for ((service, addr), t) in &self.cache_nodes {
+            nodes.entry(service.clone()).or_default().push((*t, addr.clone()));
+        }
+        for (service, mut v) in nodes {
+            v.sort();
+            let start = v[0].0;
+            for (t, addr) in v.into_iter().skip(1) {
+                if t > start {
+                    self.markers.push(MarkerFact {
+                        service: service.clone(),
+                        t,
+                        kind: MarkerKind::CacheFlush,
+                        detail: format!("new cache node {addr}"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct Pending {
+    spans: Vec<SpanRow>,
+    last_end: u64,
+}
+
+/// Assembles spans into traces and reduces each complete trace to facts.
+///
+/// A trace is complete once no span of it has ended within `grace` of the
+/// newest span seen (the watermark); [`TraceAssembler::finish`] flushes the rest.
+pub struct TraceAssembler {
+    config: Arc<AnalysisConfig>,
+    pending: HashMap<[u8; 16], Pending>,
+    facts: Facts,
+    watermark: u64,
+    grace: u64,
+    since_sweep: usize,
+    interner: crate::model::Interner,
+}
+
+impl TraceAssembler {
+    pub fn new(config: Arc<AnalysisConfig>) -> Self {
+        Self {
+            config,
+            pending: HashMap::new(),
+            facts: Facts {
+                min_time: u64::MAX,
+                ..Facts::default()
+            },
+            watermark: 0,
+            grace: 60_000_000_000,
+            since_sweep: 0,
+            interner: crate::model::Interner::with_capacity(1 << 20),
+        }
+    }
+
+    /// Spans held waiting for their trace to complete.
+    pub fn pending_spans(&self) -> usize {
+        self.pending.values().map(|p| p.spans.len()).sum()
+    }
+
+    pub fn push(&mut self, span: SpanRow) {
+        let f = &mut self.facts;
+        f.spans += 1;
+        f.min_time = f.min_time.min(span.start_unix_nano);
+        f.max_time = f.max_time.max(span.end_unix_nano);
+        let r = &span.resource;
+        let e = f
+            .versions
+            .entry((r.service.clone(), r.version.clone(), r.instance.clone()))
+            .or_insert((span.start_unix_nano, span.start_unix_nano));
+        e.0 = e.0.min(span.start_unix_nano);
+        e.1 = e.1.max(span.start_unix_nano);
+        self.watermark = self.watermark.max(span.end_unix_nano);
+        let end = span.end_unix_nano;
+        let p = self.pending.entry(span.trace_id).or_insert_with(|| Pending {
+            spans: Vec::new(),
+            last_end: 0,
+        });
+        p.last_end = p.last_end.max(end);
+        p.spans.push(span);
+        self.since_sweep += 1;
+        if self.since_sweep >= 65_536 {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
+        self.since_sweep = 0;
+        let horizon = self.watermark.saturating_sub(self.grace);
+        let done: Vec<[u8; 16]> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.last_end < horizon)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in done {
+            if let Some(p) = self.pending.remove(&id) {
+                self.reduce(p.spans);
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> Facts {
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for p in pending {
+            self.reduce(p.spans);
+        }
+        if self.facts.min_time == u64::MAX {
+            self.facts.min_time = 0;
+        }
+        self.facts.derive_markers();
+        self.facts
+    }
+
+    fn reduce(&mut self, mut spans: Vec<SpanRow>) {
+        self.facts.traces += 1;
+        spans.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
+        let config = self.config.clone();
+        let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
+        let by_id: HashMap<[u8; 8], usize> =
+            spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        let requests: Vec<usize> = (0..spans.len())
+            .filter(|&i| roles[i] == Role::Request)
+            .collect();
+        // Attribute each cache/db operation to its nearest request ancestor,
+        // else to the innermost request whose time range contains it.
+        let mut ops_of: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, s) in spans.iter().enumerate() {
+            if !matches!(roles[i], Role::Cache(_) | Role::Database) {
+                continue;
+            }
+            let mut owner = None;
+            let mut cur = s.parent_span_id;
+            for _ in 0..64 {
+                match by_id.get(&cur) {
+                    Some(&p) if roles[p] == Role::Request => {
+                        owner = Some(p);
+                        break;
+                    }
+                    Some(&p) => cur = spans[p].parent_span_id,
+                    None => break,
+                }
+            }
+            if owner.is_none() {
+                owner = requests
+                    .iter()
+                    .copied()
+                    .filter(|&r| {
+                        spans[r].start_unix_nano <= s.start_unix_nano
+                            && spans[r].end_unix_nano >= s.end_unix_nano
+                    })
+                    .max_by_key(|&r| spans[r].start_unix_nano);
+            }
+            match owner {
+                Some(r) => ops_of.entry(r).or_default().push(i),
+                None => {
+                    // No request in sight: still database load.
+                    if roles[i] == Role::Database {
+                        self.push_db(&spans[i], false);
+                    }
+                }
+            }
+        }
+        for &r in &requests {
+            let ops = ops_of.remove(&r).unwrap_or_default();
+            self.reduce_request(&spans, &roles, r, &ops);
+        }
+    }
+
+    fn push_db(&mut self, s: &SpanRow, recompute: bool) {
+        self.facts.db_ops.push(DbOpFact {
+            service: s.resource.service.clone(),
+            start: s.start_unix_nano,
+            end: s.end_unix_nano,
+            statement: if s.db_query.is_empty() {
+                s.name.clone()
+            } else {
+                s.db_query.clone()
+            },
+            recompute,
+        });
+    }
+
+    /// Key and key group of a cache operation within its request.
+    fn key_of(&self, op: &SpanRow, req: &SpanRow) -> (Sym, Sym, bool) {
+        let group_of_route = || {
+            if req.http_route.is_empty() {
+                req.name.clone()
+            } else {
+                req.http_route.clone()
+            }
+        };
+        if !op.cache_key.is_empty() {
+            let g = self.interner.intern(&classify::key_group(&op.cache_key));
+            return (op.cache_key.clone(), g, false);
+        }
+        if let Some(k) = classify::command_key(op) {
+            let key = self.interner.intern(k);
+            let g = self.interner.intern(&classify::key_group(k));
+            return (key, g, false);
+        }
+        if !req.cache_key.is_empty() {
+            let g = self.interner.intern(&classify::key_group(&req.cache_key));
+            return (req.cache_key.clone(), g, false);
+        }
+        if !req.url_path.is_empty() {
+            return (req.url_path.clone(), group_of_route(), false);
+        }
+        let g = group_of_route();
+        (g.clone(), g, true)
+    }
+
+    fn reduce_request(&mut self, spans: &[SpanRow], roles: &[Role], r: usize, ops: &[usize]) {
+        let req = &spans[r];
+        let service = req.resource.service.clone();
+        let mut missed = false;
+        for (pos, &i) in ops.iter().enumerate() {
+            let op = &spans[i];
+            match roles[i] {
+                Role::Cache(CacheOp::Lookup) => {
+                    let (key, group, group_only) = self.key_of(op, req);
+                    // The lookup's window: until the next lookup of another
+                    // key, this key's fill, or the request's end.
+                    let mut recompute: Vec<usize> = Vec::new();
+                    let mut fill_at = None;
+                    for &j in &ops[pos + 1..] {
+                        let next = &spans[j];
+                        match roles[j] {
+                            Role::Database if next.start_unix_nano + 1 >= op.start_unix_nano => {
+                                recompute.push(j)
+                            }
+                            Role::Cache(CacheOp::Fill) => {
+                                let (k2, _, _) = self.key_of(next, req);
+                                if k2 == key || group_only {
+                                    fill_at = Some(next.start_unix_nano);
+                                    break;
+                                }
+                            }
+                            Role::Cache(CacheOp::Lookup) => {
+                                let (k2, _, _) = self.key_of(next, req);
+                                if k2 != key {
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    let explicit = op.cache_hit.or(req.cache_hit);
+                    let failed = op.status == StatusCode::Error;
+                    let (outcome, evidence) = match (failed, explicit) {
+                        (true, _) => (Outcome::Failed, Evidence::TraceShape),
+                        (false, Some(true)) => (Outcome::Hit, Evidence::Attribute),
+                        (false, Some(false)) => (Outcome::Miss, Evidence::Attribute),
+                        (false, None) if !recompute.is_empty() => {
+                            (Outcome::Miss, Evidence::TraceShape)
+                        }
+                        (false, None) => (Outcome::Hit, Evidence::NoFollowUp),
+                    };
+                    if evidence == Evidence::Attribute {
+                        self.facts.attribute_lookups += 1;
+                    }
+                    if outcome == Outcome::Hit {
+                        recompute.clear();
+                    }
+                    if outcome != Outcome::Hit {
+                        missed = true;
+                    }
+                    if !recompute.is_empty() {
+                        let start = spans[recompute[0]].start_unix_nano;
+                        let end = recompute
+                            .iter()
+                            .map(|&j| spans[j].end_unix_nano)
+                            .max()
+                            .unwrap_or(start)
+                            .max(fill_at.unwrap_or(0).min(req.end_unix_nano));
+                        let db_nanos = recompute.iter().map(|&j| spans[j].duration_nanos()).sum();
+                        self.facts.recomputes.push(RecomputeFact {
+                            service: service.clone(),
+                            key: key.clone(),
+                            group: group.clone(),
+                            start,
+                            end,
+                            db_nanos,
+                            trace_id: req.trace_id,
+                        });
+                    }
+                    self.facts.lookups.push(LookupFact {
+                        service: service.clone(),
+                        t: op.start_unix_nano,
+                        key,
+                        group,
+                        outcome,
+                        evidence,
+                        group_only,
+                    });
+                    if !op.server_address.is_empty() {
+                        let e = self
+                            .facts
+                            .cache_nodes
+                            .entry((service.clone(), op.server_address.clone()))
+                            .or_insert(op.start_unix_nano);
+                        *e = (*e).min(op.start_unix_nano);
+                    }
+                }
+                Role::Cache(CacheOp::Fill) => {
+                    let (key, _, _) = self.key_of(op, req);
+                    self.facts.fills.push(FillFact {
+                        service: service.clone(),
+                        key,
+                        t: op.start_unix_nano,
+                    });
+                }
+                Role::Cache(CacheOp::Flush) => self.facts.markers.push(MarkerFact {
+                    service: service.clone(),
+                    t: op.start_unix_nano,
+                    kind: MarkerKind::CacheFlush,
+                    detail: format!("{} issued by {}", classify::command(op), req.name),
+                }),
+                _ => {}
+            }
+        }
+        // Database operations: flagged when they belong to a recompute.
+        let in_recompute = |t: u64| {
+            self.facts
+                .recomputes
+                .iter()
+                .rev()
+                .take_while(|rc| rc.trace_id == req.trace_id)
+                .any(|rc| t >= rc.start && t <= rc.end)
+        };
+        let db: Vec<(usize, bool)> = ops
+            .iter()
+            .copied()
+            .filter(|&i| roles[i] == Role::Database)
+            .map(|i| (i, in_recompute(spans[i].start_unix_nano)))
+            .collect();
+        for (i, rc) in db {
+            self.push_db(&spans[i], rc);
+        }
+        self.facts.requests.push(RequestFact {
+            service,
+            route: if req.http_route.is_empty() {
+                req.name.clone()
+            } else {
+                req.http_route.clone()
+            },
+            method: req.http_method.clone(),
+            url_path: req.url_path.clone(),
+            start: req.start_unix_nano,
+            end: req.end_unix_nano,
+            error: req.http_status >= 500 || req.status == StatusCode::Error,
+            trace_id: req.trace_id,
+            missed,
+            resend: req.resend_count > 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ResourceInfo, SpanKind};
+
+    pub(crate) fn span(
+        trace: u8,
+        id: u8,
+        parent: u8,
+        kind: SpanKind,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> SpanRow {
+        let e: Sym = Arc::from("");
+        SpanRow {
+            resource: Arc::new(ResourceInfo {
+                service: Arc::from("shop"),
+                version: Arc::from("1"),
+                instance: Arc::from("a"),
+            }),
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+            parent_span_id: [parent; 8],
+            kind,
+            name: Arc::from("op"),
+            start_unix_nano: start_ms * 1_000_000,
+            end_unix_nano: end_ms * 1_000_000,
+            status: StatusCode::Unset,
+            http_route: e.clone(),
+            http_status: 0,
+            http_method: e.clone(),
+            url_path: e.clone(),
+            db_system: e.clone(),
+            db_operation: e.clone(),
+            db_query: e.clone(),
+            db_namespace: e.clone(),
+            server_address: e.clone(),
+            cache_key: e.clone(),
+            cache_hit: None,
+            resend_count: 0,
+        }
+    }
+
+    fn request_with(trace: u8, path: &str, miss: bool) -> Vec<SpanRow> {
+        let mut req = span(trace, 1, 0, SpanKind::Server, 0, 100);
+        req.http_route = Arc::from("/product/{id}");
+        req.url_path = Arc::from(path);
+        let mut get = span(trace, 2, 1, SpanKind::Client, 1, 2);
+        get.db_system = Arc::from("redis");
+        get.db_query = Arc::from("GET ?");
+        let mut out = vec![req, get];
+        if miss {
+            let mut sql = span(trace, 3, 1, SpanKind::Client, 3, 80);
+            sql.db_system = Arc::from("postgresql");
+            sql.db_query = Arc::from("SELECT * FROM product WHERE id = $1");
+            let mut set = span(trace, 4, 1, SpanKind::Client, 81, 82);
+            set.db_system = Arc::from("redis");
+            set.db_operation = Arc::from("SETEX");
+            out.push(sql);
+            out.push(set);
+        }
+        out
+    }
+
+    #[test]
+    fn sanitised_lookup_followed_by_sql_is_a_miss_keyed_by_url_path() {
+        let mut a = TraceAssembler::new(Arc::new(AnalysisConfig::default()));
+        for s in request_with(1, "/product/42", true)
+            .into_iter()
+            .chain(request_with(2, "/product/7", false))
+        {
+            a.push(s);
+        }
+        let f = a.finish();
+        assert_eq!(f.lookups.len(), 2);
+        let miss = f.lookups.iter().find(|l| &*l.key == "/product/42").unwrap();
+        assert_eq!((miss.outcome, miss.evidence), (Outcome::Miss, Evidence::TraceShape));
+        assert_eq!(&*miss.group, "/product/{id}");
+        let hit = f.lookups.iter().find(|l| &*l.key == "/product/7").unwrap();
+        assert_eq!(hit.outcome, Outcome::Hit);
+        assert_eq!(f.recomputes.len(), 1);
+        assert_eq!(f.recomputes[0].db_nanos, 77_000_000);
+        assert_eq!(f.fills.len(), 1);
+        assert!(f.db_ops[0].recompute);
+    }
+
+    #[test]
+    fn explicit_attribute_wins_over_shape() {
+        let mut a = TraceAssembler::new(Arc::new(AnalysisConfig::default()));
+        let mut spans = request_with(1, "/product/42", true);
+        spans[0].cache_hit = Some(true);
+        for s in spans {
+            a.push(s);
+        }
+        let f = a.finish();
+        assert_eq!(f.lookups[0].outcome, Outcome::Hit);
+        assert_eq!(f.lookups[0].evidence, Evidence::Attribute);
+        assert!(f.recomputes.is_empty());
+    }
+
+    #[test]
+    fn orphan_ops_attach_by_time_containment() {
+        let mut a = TraceAssembler::new(Arc::new(AnalysisConfig::default()));
+        let mut spans = request_with(1, "/product/42", true);
+        for s in &mut spans[1..] {
+            s.parent_span_id = [9; 8]; // parent never arrived
+        }
+        for s in spans {
+            a.push(s);
+        }
+        let f = a.finish();
+        assert_eq!(f.recomputes.len(), 1);
+    }
+
+    #[test]
+    fn a_new_version_is_a_deploy_marker() {
+        let mut a = TraceAssembler::new(Arc::new(AnalysisConfig::default()));
+        a.push(span(1, 1, 0, SpanKind::Server, 0, 10));
+        let mut later = span(2, 1, 0, SpanKind::Server, 5000, 5010);
+        later.resource = Arc::new(ResourceInfo {
+            service: Arc::from("shop"),
+            version: Arc::from("2"),
+            instance: Arc::from("b"),
+        });
+        a.push(later);
+        let f = a.finish();
+        assert_eq!(f.markers.len(), 1);
+        assert_eq!(f.markers[0].kind, MarkerKind::Deploy);
+        assert_eq!(f.markers[0].t, 5_000_000_000);
+    }
+}

@@ -1,0 +1,221 @@
+//! The `herdwatch` command line: `serve`, `demo`, `analyze`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use herdwatch_analyzer::model::Interner;
+use herdwatch_analyzer::slo::Severity;
+use herdwatch_analyzer::Analyzer;
+
+use crate::config::{check_env, Config, LogFormat, Overrides, RawConfig};
+use crate::decode::Decoder;
+use crate::files;
+
+#[derive(Debug, Parser)]
+#[command(name = "herdwatch", version, about = "Finds cache stampedes in OpenTelemetry traces and metrics, and says what to change.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the OTLP collector, live analysis and dashboard.
+    Serve(ServeArgs),
+    /// `serve` plus a live scenario generator: watch a stampede appear.
+    Demo(DemoArgs),
+    /// Analyse exported telemetry files (OTLP/JSON lines, JSON, protobuf; gzip/zstd).
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Scenario to run (see `herdwatch-samples list`).
+    #[arg(long, default_value = "synchronized-expiry")]
+    pub scenario: String,
+    /// Seed of the scenario.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Stop after the scenario instead of serving on.
+    #[arg(long)]
+    pub exit_after: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Html,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Files to analyse.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Exit 1 when an incident at or above this severity is found (page, ticket, info).
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<String>,
+    /// Config file (TOML): `[analysis]` thresholds and `[[slo]]` objectives.
+    #[arg(long, env = "HERDWATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Fail on the first bad line or frame instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Write the report here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Usage or input errors exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERDWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn serve(overrides: &Overrides) -> anyhow::Result<()> {
+    check_env(std::env::vars().map(|(k, _)| k))?;
+    let config = Config::load(overrides)?;
+    init_logging(config.log_format);
+    let running = crate::app::start(config).await?;
+    eprintln!(
+        "herdwatch listening: OTLP gRPC {} · OTLP HTTP {} · dashboard http://{}/",
+        running.grpc_addr, running.http_addr, running.dashboard_addr
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    check_env(std::env::vars().map(|(k, _)| k))?;
+    let mut overrides = args.overrides.clone();
+    if overrides.data_dir.is_none() {
+        overrides.data_dir = Some(std::env::temp_dir().join(format!("herdwatch-demo-{}", std::process::id())));
+    }
+    let config = Config::load(&overrides)?;
+    init_logging(config.log_format);
+    let scenario = herdwatch_samples::Scenario::parse(&args.scenario)
+        .map_err(|e| BadInput(e.to_string()))?;
+    let running = crate::app::start(config).await?;
+    let endpoint = format!("http://{}", running.grpc_addr);
+    eprintln!(
+        "herdwatch demo: scenario {} → {endpoint}\n  dashboard: http://{}/  (the incident appears within a minute)",
+        scenario.name(),
+        running.dashboard_addr
+    );
+    let live = herdwatch_samples::live::run(scenario, args.seed, &endpoint, herdwatch_samples::live::Protocol::Grpc);
+    tokio::select! {
+        r = live => {
+            r.context("scenario generator failed")?;
+            eprintln!("scenario finished; the dashboard stays up (Ctrl-C to stop)");
+            if !args.exit_after {
+                shutdown_signal().await;
+            }
+        }
+        _ = shutdown_signal() => {}
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Run `analyze`; returns the process exit code.
+pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
+    init_logging(LogFormat::Text);
+    let fail_on = match &args.fail_on {
+        Some(s) => Some(Severity::parse(s).ok_or_else(|| {
+            BadInput(format!("--fail-on takes page, ticket or info, not {s:?}"))
+        })?),
+        None => None,
+    };
+    let raw = match &args.config {
+        Some(p) => RawConfig::from_file(p).map_err(|e| BadInput(e.to_string()))?,
+        None => RawConfig::default(),
+    };
+    let config = Config::build(raw, &Overrides::default()).map_err(|e| BadInput(e.to_string()))?;
+    let analyzer = Analyzer::new(config.analysis.clone(), config.slos.clone());
+    let decoder = Decoder::new(Arc::new(Interner::default()));
+    let mut session = analyzer.session();
+    let mut warnings = Vec::new();
+    for path in &args.files {
+        let stats = files::read_file(path, &decoder, args.strict, &mut |b| session.push(b))
+            .map_err(|e| BadInput(e.to_string()))?;
+        if stats.bad > 0 {
+            warnings.push(format!(
+                "{}: {} bad line(s) or frame(s) skipped; first: {}",
+                path.display(),
+                stats.bad,
+                stats.first_error.unwrap_or_default()
+            ));
+        }
+        if stats.rejected_items > 0 {
+            warnings.push(format!("{}: {} invalid item(s) skipped", path.display(), stats.rejected_items));
+        }
+    }
+    let mut report = session.finish()?;
+    report.notes.extend(warnings.iter().cloned());
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let out = match args.format {
+        Format::Text => herdwatch_analyzer::report::render_text(&report),
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Html => herdwatch_dashboard::render_report(
+            &report,
+            &herdwatch_dashboard::DashboardConfig {
+                trace_link: config.trace_link.clone(),
+            },
+        ),
+    };
+    match &args.output {
+        Some(p) => std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?,
+        None => print!("{out}"),
+    }
+    let failed = fail_on.is_some_and(|f| report.incidents.iter().any(|i| i.severity >= f));
+    Ok(if failed { 1 } else { 0 })
+}

@@ -1,0 +1,649 @@
+//! Decoding: OTLP messages (already parsed from protobuf or JSON) into the
+//! analyzer's model. One pass over each span's attributes picks out what the
+//! analysis reads (SPEC §3) in both semantic-convention generations; the rest
+//! is counted as dropped. Invalid items inside a good request are rejected
+//! one by one and reported through `partial_success`.
+
+use std::sync::Arc;
+
+use herdwatch_analyzer::model::{
+    Batch, Interner, LogMarker, MarkerKind, MetricPoint, MetricValue, ResourceInfo, SpanKind,
+    SpanRow, StatusCode, Sym, Temporality, MAX_POINT_ATTRIBUTES,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+/// Turns OTLP messages into model rows. Cheap to clone; share one per process
+/// so that every receiver interns into the same table.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    interner: Arc<Interner>,
+}
+
+impl Decoder {
+    pub fn new(interner: Arc<Interner>) -> Self {
+        Self { interner }
+    }
+
+    pub fn interner(&self) -> &Arc<Interner> {
+        &self.interner
+    }
+
+    fn resource(&self, resource: Option<&Resource>) -> Arc<ResourceInfo> {
+        let mut service = "";
+        let mut version = "";
+        let mut instance = "";
+        if let Some(resource) = resource {
+            for kv in &resource.attributes {
+                match kv.key.as_str() {
+                    "service.name" => service = str_value(kv).unwrap_or(""),
+                    "service.version" => version = str_value(kv).unwrap_or(""),
+                    "service.instance.id" => instance = str_value(kv).unwrap_or(""),
+                    _ => {}
+                }
+            }
+        }
+        if service.is_empty() {
+            // The SDKs' own default when the resource names no service.
+            service = "unknown_service";
+        }
+        Arc::new(ResourceInfo {
+            service: self.interner.intern(service),
+            version: self.interner.intern(version),
+            instance: self.interner.intern(instance),
+        })
+    }
+
+    /// Decode a trace export request. Spans with invalid ids are rejected and
+    /// counted; the rest are kept.
+    pub fn traces(&self, request: &ExportTraceServiceRequest) -> Batch {
+        let mut batch = Batch::default();
+        let empty = self.interner.empty();
+        for (ri, rs) in request.resource_spans.iter().enumerate() {
+            let resource = self.resource(rs.resource.as_ref());
+            for (si, ss) in rs.scope_spans.iter().enumerate() {
+                for (pi, span) in ss.spans.iter().enumerate() {
+                    let trace_id: Result<[u8; 16], _> = span.trace_id.as_slice().try_into();
+                    let span_id: Result<[u8; 8], _> = span.span_id.as_slice().try_into();
+                    let problem = match (&trace_id, &span_id) {
+                        (Err(_), _) => Some(format!(
+                            "traceId must be 16 bytes, got {}",
+                            span.trace_id.len()
+                        )),
+                        (Ok(t), _) if *t == [0; 16] => Some("traceId is all zeros".to_string()),
+                        (_, Err(_)) => Some(format!(
+                            "spanId must be 8 bytes, got {}",
+                            span.span_id.len()
+                        )),
+                        (_, Ok(s)) if *s == [0; 8] => Some("spanId is all zeros".to_string()),
+                        _ if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 => {
+                            Some(format!(
+                                "parentSpanId must be empty or 8 bytes, got {}",
+                                span.parent_span_id.len()
+                            ))
+                        }
+                        _ if span.end_time_unix_nano < span.start_time_unix_nano => {
+                            Some("endTimeUnixNano is before startTimeUnixNano".to_string())
+                        }
+                        _ => None,
+                    };
+                    if let Some(problem) = problem {
+                        batch.rejected += 1;
+                        if batch.reject_reason.is_none() {
+                            batch.reject_reason = Some(format!(
+                                "resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]: {problem}"
+                            ));
+                        }
+                        continue;
+                    }
+                    let (Ok(trace_id), Ok(span_id)) = (trace_id, span_id) else {
+                        continue;
+                    };
+                    let mut parent = [0u8; 8];
+                    if span.parent_span_id.len() == 8 {
+                        parent.copy_from_slice(&span.parent_span_id);
+                    }
+                    let mut row = SpanRow {
+                        resource: resource.clone(),
+                        trace_id,
+                        span_id,
+                        parent_span_id: parent,
+                        kind: SpanKind::from_otlp(span.kind),
+                        name: self.interner.intern(&span.name),
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
+                        status: StatusCode::from_otlp(
+                            span.status.as_ref().map(|s| s.code).unwrap_or(0),
+                        ),
+                        http_route: empty.clone(),
+                        http_status: 0,
+                        http_method: empty.clone(),
+                        url_path: empty.clone(),
+                        db_system: empty.clone(),
+                        db_operation: empty.clone(),
+                        db_query: empty.clone(),
+                        db_namespace: empty.clone(),
+                        server_address: empty.clone(),
+                        cache_key: empty.clone(),
+                        cache_hit: None,
+                        resend_count: 0,
+                    };
+                    batch.dropped_attributes += self.span_attributes(&mut row, &span.attributes);
+                    batch.spans.push(row);
+                }
+            }
+        }
+        batch
+    }
+
+    /// Fill `row` from its attributes; returns how many were not used.
+    fn span_attributes(&self, row: &mut SpanRow, attributes: &[KeyValue]) -> u64 {
+        let mut dropped = 0;
+        // Stable names win over legacy ones whatever their order.
+        let mut legacy_system = None;
+        let mut legacy_operation = None;
+        let mut legacy_query = None;
+        let mut legacy_namespace = None;
+        let mut legacy_status = None;
+        let mut legacy_method = None;
+        let mut legacy_target = None;
+        let mut legacy_peer = None;
+        for kv in attributes {
+            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+                dropped += 1;
+                continue;
+            };
+            match kv.key.as_str() {
+                "http.route" => row.http_route = self.sym(value),
+                "http.response.status_code" => row.http_status = int(value).unwrap_or(0) as u16,
+                "http.status_code" => legacy_status = int(value),
+                "http.request.method" => row.http_method = self.sym(value),
+                "http.method" => legacy_method = Some(value),
+                "url.path" => row.url_path = self.sym(value),
+                "http.target" => legacy_target = Some(value),
+                "db.system.name" => row.db_system = self.lower_sym(value),
+                "db.system" => legacy_system = Some(value),
+                "db.operation.name" => row.db_operation = self.sym(value),
+                "db.operation" => legacy_operation = Some(value),
+                "db.query.text" => row.db_query = self.sym(value),
+                "db.statement" => legacy_query = Some(value),
+                "db.namespace" => row.db_namespace = self.sym(value),
+                "db.name" => legacy_namespace = Some(value),
+                "server.address" => row.server_address = self.sym(value),
+                "net.peer.name" => legacy_peer = Some(value),
+                "cache.key" => row.cache_key = self.sym(value),
+                "cache.hit" => row.cache_hit = boolean(value),
+                "cache.result" | "cache.outcome" => {
+                    if let Value::StringValue(s) = value {
+                        row.cache_hit = match s.to_ascii_lowercase().as_str() {
+                            "hit" => Some(true),
+                            "miss" => Some(false),
+                            _ => row.cache_hit,
+                        };
+                    }
+                }
+                "http.request.resend_count" => {
+                    row.resend_count = int(value).unwrap_or(0).clamp(0, u32::MAX as i64) as u32
+                }
+                _ => dropped += 1,
+            }
+        }
+        if row.db_system.is_empty() {
+            if let Some(v) = legacy_system {
+                row.db_system = self.lower_sym(v);
+            }
+        } else if legacy_system.is_some() {
+            dropped += 1;
+        }
+        if row.db_operation.is_empty()
+            && let Some(v) = legacy_operation
+        {
+            row.db_operation = self.sym(v);
+        }
+        if row.db_query.is_empty()
+            && let Some(v) = legacy_query
+        {
+            row.db_query = self.sym(v);
+        }
+        if row.db_namespace.is_empty()
+            && let Some(v) = legacy_namespace
+        {
+            row.db_namespace = self.sym(v);
+        }
+        if row.http_status == 0
+            && let Some(v) = legacy_status
+        {
+            row.http_status = v as u16;
+        }
+        if row.http_method.is_empty()
+            && let Some(v) = legacy_method
+        {
+            row.http_method = self.sym(v);
+        }
+        if row.url_path.is_empty()
+            && let Some(Value::StringValue(target)) = legacy_target
+        {
+            let path = target.split('?').next().unwrap_or("");
+            row.url_path = self.interner.intern(path);
+        }
+        if row.server_address.is_empty()
+            && let Some(v) = legacy_peer
+        {
+            row.server_address = self.sym(v);
+        }
+        dropped
+    }
+
+    fn sym(&self, value: &Value) -> Sym {
+        match value {
+            Value::StringValue(s) => self.interner.intern(s),
+            Value::IntValue(i) => self.interner.intern(&i.to_string()),
+            Value::BoolValue(b) => self.interner.intern(if *b { "true" } else { "false" }),
+            Value::DoubleValue(d) => self.interner.intern(&d.to_string()),
+            _ => self.interner.empty(),
+        }
+    }
+
+    fn lower_sym(&self, value: &Value) -> Sym {
+        match value {
+            Value::StringValue(s) if s.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.interner.intern(&s.to_ascii_lowercase())
+            }
+            other => self.sym(other),
+        }
+    }
+
+    /// Decode a metrics export request.
+    pub fn metrics(&self, request: &ExportMetricsServiceRequest) -> Batch {
+        let mut batch = Batch::default();
+        for (ri, rm) in request.resource_metrics.iter().enumerate() {
+            let resource = self.resource(rm.resource.as_ref());
+            for (si, sm) in rm.scope_metrics.iter().enumerate() {
+                for (mi, m) in sm.metrics.iter().enumerate() {
+                    let name = self.interner.intern(&m.name);
+                    let unit = self.interner.intern(&m.unit);
+                    let reject = |batch: &mut Batch, what: &str| {
+                        batch.rejected += 1;
+                        if batch.reject_reason.is_none() {
+                            batch.reject_reason = Some(format!(
+                                "resourceMetrics[{ri}].scopeMetrics[{si}].metrics[{mi}] ({}): {what}",
+                                m.name
+                            ));
+                        }
+                    };
+                    if m.name.is_empty() {
+                        let n = data_point_count(m.data.as_ref());
+                        for _ in 0..n.max(1) {
+                            reject(&mut batch, "metric name is empty");
+                        }
+                        continue;
+                    }
+                    let push = |batch: &mut Batch,
+                                    attrs: &[KeyValue],
+                                    start: u64,
+                                    time: u64,
+                                    value: MetricValue| {
+                        let (attributes, dropped) = self.point_attributes(attrs);
+                        batch.dropped_attributes += dropped;
+                        batch.points.push(MetricPoint {
+                            resource: resource.clone(),
+                            name: name.clone(),
+                            unit: unit.clone(),
+                            attributes,
+                            start_unix_nano: start,
+                            time_unix_nano: time,
+                            value,
+                        });
+                    };
+                    match &m.data {
+                        None => reject(&mut batch, "metric has no data"),
+                        Some(metric::Data::Gauge(g)) => {
+                            for p in &g.data_points {
+                                match number(p.value.as_ref()) {
+                                    Some(v) => push(
+                                        &mut batch,
+                                        &p.attributes,
+                                        p.start_time_unix_nano,
+                                        p.time_unix_nano,
+                                        MetricValue::Gauge(v),
+                                    ),
+                                    None => reject(&mut batch, "gauge point has no value"),
+                                }
+                            }
+                        }
+                        Some(metric::Data::Sum(s)) => {
+                            let temporality = Temporality::from_otlp(s.aggregation_temporality);
+                            for p in &s.data_points {
+                                match number(p.value.as_ref()) {
+                                    Some(value) => push(
+                                        &mut batch,
+                                        &p.attributes,
+                                        p.start_time_unix_nano,
+                                        p.time_unix_nano,
+                                        MetricValue::Sum {
+                                            value,
+                                            monotonic: s.is_monotonic,
+                                            temporality,
+                                        },
+                                    ),
+                                    None => reject(&mut batch, "sum point has no value"),
+                                }
+                            }
+                        }
+                        Some(metric::Data::Histogram(h)) => {
+                            let temporality = Temporality::from_otlp(h.aggregation_temporality);
+                            for p in &h.data_points {
+                                if !p.bucket_counts.is_empty()
+                                    && p.bucket_counts.len() != p.explicit_bounds.len() + 1
+                                {
+                                    reject(
+                                        &mut batch,
+                                        "histogram bucketCounts must have one more entry than explicitBounds",
+                                    );
+                                    continue;
+                                }
+                                push(
+                                    &mut batch,
+                                    &p.attributes,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    MetricValue::Histogram {
+                                        count: p.count,
+                                        sum: p.sum.unwrap_or(0.0),
+                                        bounds: Arc::from(p.explicit_bounds.as_slice()),
+                                        bucket_counts: p.bucket_counts.clone(),
+                                        temporality,
+                                    },
+                                );
+                            }
+                        }
+                        Some(metric::Data::ExponentialHistogram(h)) => {
+                            let temporality = Temporality::from_otlp(h.aggregation_temporality);
+                            for p in &h.data_points {
+                                let (offset, counts) = p
+                                    .positive
+                                    .as_ref()
+                                    .map(|b| (b.offset, b.bucket_counts.clone()))
+                                    .unwrap_or_default();
+                                push(
+                                    &mut batch,
+                                    &p.attributes,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    MetricValue::ExponentialHistogram {
+                                        count: p.count,
+                                        sum: p.sum.unwrap_or(0.0),
+                                        scale: p.scale,
+                                        zero_count: p.zero_count,
+                                        positive_offset: offset,
+                                        positive_counts: counts,
+                                        temporality,
+                                    },
+                                );
+                            }
+                        }
+                        Some(metric::Data::Summary(s)) => {
+                            for p in &s.data_points {
+                                push(
+                                    &mut batch,
+                                    &p.attributes,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    MetricValue::Summary {
+                                        count: p.count,
+                                        sum: p.sum,
+                                        quantiles: p
+                                            .quantile_values
+                                            .iter()
+                                            .map(|q| (q.quantile, q.value))
+                                            .collect(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    fn point_attributes(&self, attrs: &[KeyValue]) -> (Vec<(Sym, Sym)>, u64) {
+        let mut out: Vec<(Sym, Sym)> = Vec::with_capacity(attrs.len().min(MAX_POINT_ATTRIBUTES));
+        let mut dropped = 0;
+        for kv in attrs {
+            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+                dropped += 1;
+                continue;
+            };
+            if out.len() == MAX_POINT_ATTRIBUTES {
+                dropped += 1;
+                continue;
+            }
+            let value = self.sym(value);
+            if value.is_empty() {
+                dropped += 1;
+                continue;
+            }
+            out.push((self.interner.intern(&kv.key), value));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        (out, dropped)
+    }
+
+    /// Decode a logs export request: keep the records that mark a deploy,
+    /// restart or cache flush; count the rest.
+    pub fn logs(&self, request: &ExportLogsServiceRequest) -> Batch {
+        let mut batch = Batch::default();
+        for rl in &request.resource_logs {
+            let resource = self.resource(rl.resource.as_ref());
+            for sl in &rl.scope_logs {
+                for record in &sl.log_records {
+                    let body = record.body.as_ref().and_then(any_str).unwrap_or("");
+                    let mut kind = marker_from_text(&record.event_name);
+                    for kv in &record.attributes {
+                        if kind.is_some() {
+                            break;
+                        }
+                        if matches!(kv.key.as_str(), "event.name" | "event" | "herdwatch.marker")
+                            && let Some(v) = str_value(kv)
+                        {
+                            kind = marker_from_text(v);
+                        }
+                    }
+                    let kind = kind.or_else(|| marker_from_body(body));
+                    match kind {
+                        Some(kind) => {
+                            let time = if record.time_unix_nano != 0 {
+                                record.time_unix_nano
+                            } else {
+                                record.observed_time_unix_nano
+                            };
+                            batch.markers.push(LogMarker {
+                                resource: resource.clone(),
+                                time_unix_nano: time,
+                                kind,
+                                body: self.interner.intern(body),
+                            });
+                        }
+                        None => batch.other_logs += 1,
+                    }
+                }
+            }
+        }
+        batch
+    }
+}
+
+fn data_point_count(data: Option<&metric::Data>) -> usize {
+    match data {
+        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+        Some(metric::Data::Sum(s)) => s.data_points.len(),
+        Some(metric::Data::Histogram(h)) => h.data_points.len(),
+        Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(metric::Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+/// An event name such as `deploy`, `service.restart`, `cache.flush`.
+fn marker_from_text(text: &str) -> Option<MarkerKind> {
+    let t = text.to_ascii_lowercase();
+    if t.is_empty() {
+        None
+    } else if t.contains("flush") {
+        Some(MarkerKind::CacheFlush)
+    } else if t.contains("deploy") || t.contains("rollout") {
+        Some(MarkerKind::Deploy)
+    } else if t.contains("restart") || t.contains("startup") {
+        Some(MarkerKind::Restart)
+    } else {
+        None
+    }
+}
+
+/// A free-text body that announces a deploy, a restart or a flush.
+fn marker_from_body(body: &str) -> Option<MarkerKind> {
+    let b = body.to_ascii_lowercase();
+    let words = |w: &[&str]| w.iter().any(|w| b.contains(w));
+    if words(&["flushall", "flushdb", "cache flush", "cache flushed", "flushed the cache"]) {
+        Some(MarkerKind::CacheFlush)
+    } else if words(&["deployed", "deploying", "deployment", "rolled out", "new version"]) {
+        Some(MarkerKind::Deploy)
+    } else if words(&["restarted", "restarting", "service started", "starting service"]) {
+        Some(MarkerKind::Restart)
+    } else {
+        None
+    }
+}
+
+fn str_value(kv: &KeyValue) -> Option<&str> {
+    kv.value.as_ref().and_then(any_str)
+}
+
+fn any_str(v: &AnyValue) -> Option<&str> {
+    match v.value.as_ref()? {
+        Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::IntValue(i) => Some(*i),
+        Value::StringValue(s) => s.parse().ok(),
+        Value::DoubleValue(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+fn boolean(value: &Value) -> Option<bool> {
+    match value {
+        Value::BoolValue(b) => Some(*b),
+        Value::StringValue(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "hit" => Some(true),
+            "false" | "miss" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn number(value: Option<&number_data_point::Value>) -> Option<f64> {
+    match value? {
+        number_data_point::Value::AsDouble(d) => Some(*d),
+        number_data_point::Value::AsInt(i) => Some(*i as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", Value::StringValue("shop".into()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn span(attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            kind: 3,
+            name: "GET".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stable_conventions_win_over_legacy_in_any_order() {
+        let d = Decoder::default();
+        let b = d.traces(&request(vec![span(vec![
+            kv("db.system", Value::StringValue("memcached".into())),
+            kv("db.system.name", Value::StringValue("Redis".into())),
+            kv("db.statement", Value::StringValue("GET old".into())),
+            kv("http.target", Value::StringValue("/p/1?x=2".into())),
+        ])]));
+        let row = &b.spans[0];
+        assert_eq!(&*row.db_system, "redis");
+        assert_eq!(&*row.db_query, "GET old");
+        assert_eq!(&*row.url_path, "/p/1");
+        assert_eq!(row.service(), "shop");
+    }
+
+    #[test]
+    fn bad_ids_are_rejected_one_by_one_with_the_path() {
+        let d = Decoder::default();
+        let mut bad = span(vec![]);
+        bad.trace_id = vec![1; 15];
+        let b = d.traces(&request(vec![span(vec![]), bad]));
+        assert_eq!(b.spans.len(), 1);
+        assert_eq!(b.rejected, 1);
+        let reason = b.reject_reason.unwrap();
+        assert!(reason.contains("spans[1]") && reason.contains("traceId"), "{reason}");
+    }
+
+    #[test]
+    fn cache_outcome_strings_are_read() {
+        let d = Decoder::default();
+        let b = d.traces(&request(vec![span(vec![kv(
+            "cache.result",
+            Value::StringValue("MISS".into()),
+        )])]));
+        assert_eq!(b.spans[0].cache_hit, Some(false));
+    }
+
+    #[test]
+    fn log_markers_by_attribute_and_body() {
+        assert_eq!(marker_from_text("cache.flush"), Some(MarkerKind::CacheFlush));
+        assert_eq!(marker_from_body("Deployed version 1.4.2"), Some(MarkerKind::Deploy));
+        assert_eq!(marker_from_body("user logged in"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Herdwatch's collector: OTLP receivers (gRPC and HTTP), decoding into the
+//! analyzer's model, the embedded durable store, file readers for batch
+//! analysis, live analysis, and the wiring of the `herdwatch` binary.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod files;
+pub mod live;
+pub mod otlp;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,235 @@
+//! Live analysis: every tick, analyse the store's recent window off the
+//! runtime, merge what is found into the incident registry (an incident
+//! keeps its id while it lasts; it ends when detection says it has been
+//! calm long enough), and persist the registry so open incidents survive a
+//! restart.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use herdwatch_analyzer::incident::{Incident, ServiceSummary};
+use herdwatch_analyzer::Analyzer;
+use herdwatch_dashboard::{DashboardConfig, Source};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::store::{Query, Store};
+use crate::telemetry::Metrics;
+
+const REGISTRY_FILE: &str = "incidents.json";
+/// Incidents kept in the registry at most (oldest resolved ones go first).
+const MAX_INCIDENTS: usize = 10_000;
+
+struct Inner {
+    incidents: RwLock<Vec<Incident>>,
+    services: RwLock<Vec<ServiceSummary>>,
+    now: AtomicU64,
+    path: PathBuf,
+}
+
+/// Handle to the live analysis.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+struct LiveSource(Arc<Inner>);
+
+impl Source for LiveSource {
+    fn incidents(&self) -> Vec<Incident> {
+        self.0.incidents.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn incident(&self, id: &str) -> Option<Incident> {
+        self.0
+            .incidents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|i| i.id == id)
+            .cloned()
+    }
+    fn services(&self) -> Vec<ServiceSummary> {
+        self.0.services.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn now_unix_nano(&self) -> u64 {
+        self.0.now.load(Ordering::Relaxed)
+    }
+}
+
+/// Merge one pass's detections into the registry; returns (opened, resolved).
+pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<String>, Vec<String>) {
+    let mut opened = Vec::new();
+    let mut resolved = Vec::new();
+    for d in detected {
+        let tolerance = 120_000_000_000u64;
+        let existing = registry.iter_mut().find(|e| {
+            e.service == d.service
+                && (e.is_open() || e.end_unix_nano.is_some_and(|end| end + tolerance >= d.onset_unix_nano))
+                && d.onset_unix_nano + tolerance >= e.onset_unix_nano
+                && e.onset_unix_nano + tolerance >= d.onset_unix_nano
+        });
+        match existing {
+            Some(e) => {
+                let was_open = e.is_open();
+                let id = e.id.clone();
+                let onset = e.onset_unix_nano.min(d.onset_unix_nano);
+                *e = d;
+                e.id = id;
+                e.onset_unix_nano = onset;
+                if was_open && !e.is_open() {
+                    resolved.push(e.id.clone());
+                }
+            }
+            None => {
+                opened.push(d.id.clone());
+                if !d.is_open() {
+                    resolved.push(d.id.clone());
+                }
+                registry.push(d);
+            }
+        }
+    }
+    registry.sort_by(|a, b| b.onset_unix_nano.cmp(&a.onset_unix_nano));
+    if registry.len() > MAX_INCIDENTS {
+        registry.truncate(MAX_INCIDENTS);
+    }
+    (opened, resolved)
+}
+
+impl Live {
+    /// Load the registry and start the tick loop.
+    pub fn start(config: &Config, store: Store, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
+        let path = config.store.dir.join(REGISTRY_FILE);
+        let incidents: Vec<Incident> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| match serde_json::from_slice(&b) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the incident registry; starting empty");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        if !incidents.is_empty() {
+            tracing::info!(incidents = incidents.len(), "incident registry restored");
+        }
+        metrics
+            .open_incidents
+            .set(incidents.iter().filter(|i| i.is_open()).count() as u64);
+        let inner = Arc::new(Inner {
+            incidents: RwLock::new(incidents),
+            services: RwLock::new(Vec::new()),
+            now: AtomicU64::new(0),
+            path,
+        });
+        let live = Self { inner };
+        let analyzer = Analyzer::new(config.analysis.clone(), config.slos.clone());
+        tokio::spawn(live.clone().run(analyzer, store, metrics, config.live_window, shutdown));
+        live
+    }
+
+    pub fn dashboard_router(&self, config: &Config) -> Router {
+        herdwatch_dashboard::router(
+            Arc::new(LiveSource(self.inner.clone())),
+            DashboardConfig {
+                trace_link: config.trace_link.clone(),
+            },
+        )
+    }
+
+    pub fn incidents(&self) -> Vec<Incident> {
+        LiveSource(self.inner.clone()).incidents()
+    }
+
+    async fn run(
+        self,
+        analyzer: Analyzer,
+        store: Store,
+        metrics: Arc<Metrics>,
+        window: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            let stats = store.stats();
+            let Some(latest) = stats.totals.last_unix_nano else { continue };
+            let changed = last_seen != Some((latest, stats.totals.spans, stats.totals.metric_points));
+            last_seen = Some((latest, stats.totals.spans, stats.totals.metric_points));
+            if !changed {
+                continue;
+            }
+            let started = Instant::now();
+            let q = Query {
+                service: None,
+                from_unix_nano: latest.saturating_sub(window.as_nanos() as u64),
+                to_unix_nano: u64::MAX,
+            };
+            let (store2, analyzer2) = (store.clone(), analyzer.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                analyzer2.analyze(store2.spans(&q), store2.points(&q), store2.markers(&q))
+            })
+            .await;
+            let report = match result {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "live analysis failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "live analysis task failed");
+                    continue;
+                }
+            };
+            metrics.analysis_ticks.add(1);
+            metrics.analysis_duration.observe(started.elapsed());
+            self.inner.now.store(latest, Ordering::Relaxed);
+            *self.inner.services.write().unwrap_or_else(|e| e.into_inner()) = report.services;
+            let (opened, resolved, snapshot) = {
+                let mut reg = self.inner.incidents.write().unwrap_or_else(|e| e.into_inner());
+                let (o, r) = merge(&mut reg, report.incidents);
+                metrics
+                    .open_incidents
+                    .set(reg.iter().filter(|i| i.is_open()).count() as u64);
+                let snapshot = (!o.is_empty() || !r.is_empty() || reg.iter().any(|i| i.is_open()))
+                    .then(|| reg.clone());
+                (o, r, snapshot)
+            };
+            for id in &opened {
+                tracing::info!(incident = %id, "incident opened");
+            }
+            for id in &resolved {
+                tracing::info!(incident = %id, "incident resolved");
+            }
+            if let Some(snapshot) = snapshot {
+                let path = self.inner.path.clone();
+                let _ = tokio::task::spawn_blocking(move || persist(&path, &snapshot)).await;
+            }
+        }
+    }
+}
+
+/// Write the registry atomically (temp file, fsync, rename).
+fn persist(path: &std::path::Path, incidents: &[Incident]) {
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec(incidents)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot persist the incident registry");
+    }
+}

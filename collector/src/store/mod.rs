@@ -1,0 +1,971 @@
+//! The embedded durable store.
+//!
+//! Every accepted export request is appended, as OTLP protobuf, to a
+//! write-ahead log ([`wal`]) by one writer thread that group-commits: it
+//! drains whatever is queued, writes it, fsyncs once, and only then
+//! acknowledges each request. The same thread de-duplicates spans on
+//! (trace id, span id) and moves the decoded rows into a bounded in-memory
+//! hot set; because replay after a restart runs the very same sequence, the
+//! recovered state equals the acknowledged one.
+//!
+//! Memory is bounded three ways: admission (bytes of requests in flight), the
+//! write queue depth, and the hot set's byte budget (older rows stay on disk
+//! and are read back from segments when a query reaches past the hot set).
+
+pub mod wal;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use herdwatch_analyzer::model::{Batch, LogMarker, MetricPoint, SpanRow};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::decode::Decoder;
+use crate::telemetry::Metrics;
+use wal::{list_segments, segment_path, SegmentReader, SegmentWriter, Signal};
+
+/// Validated store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    /// fsync every group commit (the default). Off only for throwaway runs.
+    pub fsync: bool,
+    pub segment_bytes: u64,
+    pub retention_age: Duration,
+    pub retention_bytes: u64,
+    /// Budget for decoded rows kept in memory.
+    pub hot_bytes: usize,
+    /// Budget for request bytes admitted but not yet acknowledged.
+    pub inflight_bytes: usize,
+    /// Requests queued for the writer at most.
+    pub queue_depth: usize,
+    /// (trace id, span id) fingerprints remembered for de-duplication.
+    pub dedup_capacity: usize,
+}
+
+impl StoreConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            fsync: true,
+            segment_bytes: 64 << 20,
+            retention_age: Duration::from_secs(7 * 24 * 3600),
+            retention_bytes: 10 << 30,
+            hot_bytes: 256 << 20,
+            inflight_bytes: 64 << 20,
+            queue_depth: 1024,
+            dedup_capacity: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot recover segment {path}: {source}")]
+    Recover {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("write to the store failed: {0}")]
+    Write(String),
+    #[error("the store is overloaded ({0}); retry later")]
+    Overloaded(&'static str),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// Memory admitted for one request; released when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What one append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub spans: u64,
+    pub duplicates: u64,
+    pub points: u64,
+    pub logs: u64,
+}
+
+/// Per-service counts, for `GET /api/v1/stats`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub spans: u64,
+    pub metric_points: u64,
+    pub log_records: u64,
+    pub first_unix_nano: Option<u64>,
+    pub last_unix_nano: Option<u64>,
+}
+
+impl ServiceStats {
+    fn see(&mut self, t: u64) {
+        self.first_unix_nano = Some(self.first_unix_nano.map_or(t, |f| f.min(t)));
+        self.last_unix_nano = Some(self.last_unix_nano.map_or(t, |l| l.max(t)));
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    pub services: BTreeMap<String, ServiceStats>,
+    pub totals: ServiceStats,
+    pub store_bytes: u64,
+    pub segments: u64,
+    pub hot_bytes: u64,
+    pub duplicates: u64,
+}
+
+/// Which rows a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub service: Option<String>,
+    pub from_unix_nano: u64,
+    /// Exclusive; `u64::MAX` for no bound.
+    pub to_unix_nano: u64,
+}
+
+impl Query {
+    pub fn all() -> Self {
+        Self {
+            service: None,
+            from_unix_nano: 0,
+            to_unix_nano: u64::MAX,
+        }
+    }
+
+    fn service_matches(&self, service: &str) -> bool {
+        self.service.as_deref().is_none_or(|s| s == service)
+    }
+
+    fn time_matches(&self, t: u64) -> bool {
+        t >= self.from_unix_nano && t < self.to_unix_nano
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SegmentMeta {
+    seq: u64,
+    bytes: u64,
+    min_time: u64,
+    max_time: u64,
+}
+
+#[derive(Debug, Default)]
+struct ServiceHot {
+    spans: VecDeque<SpanRow>,
+    points: VecDeque<MetricPoint>,
+    markers: VecDeque<LogMarker>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Hot {
+    services: HashMap<Arc<str>, ServiceHot>,
+    bytes: usize,
+    /// Rows with a time at or below this were evicted and live on disk only.
+    evicted_up_to: u64,
+    stats: StoreStats,
+}
+
+struct Inner {
+    config: StoreConfig,
+    decoder: Decoder,
+    metrics: Arc<Metrics>,
+    hot: RwLock<Hot>,
+    segments: RwLock<Vec<SegmentMeta>>,
+    admission: Arc<Semaphore>,
+    admission_units: usize,
+}
+
+struct WriteRequest {
+    signal: Signal,
+    payload: Vec<u8>,
+    batch: Batch,
+    done: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    tx: SyncSender<WriteRequest>,
+}
+
+const ADMISSION_UNIT: usize = 1024;
+
+impl Store {
+    /// Open (creating if needed) the data directory, recover what it holds,
+    /// and start the writer thread.
+    pub fn open(
+        config: StoreConfig,
+        decoder: Decoder,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let units = (config.inflight_bytes / ADMISSION_UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        let inner = Arc::new(Inner {
+            admission: Arc::new(Semaphore::new(units)),
+            admission_units: units,
+            decoder,
+            metrics,
+            hot: RwLock::new(Hot::default()),
+            segments: RwLock::new(Vec::new()),
+            config,
+        });
+        let mut dedup = Dedup::new(inner.config.dedup_capacity);
+        let writer = inner.recover(&mut dedup)?;
+        let (tx, rx) = mpsc::sync_channel(inner.config.queue_depth.max(1));
+        let worker = inner.clone();
+        std::thread::Builder::new()
+            .name("herdwatch-store".into())
+            .spawn(move || worker.writer_loop(rx, writer, dedup))
+            .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { inner, tx })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    /// Reserve memory for a request of `bytes`; refuses (retryably) when the
+    /// in-flight budget is spent.
+    pub fn admit(&self, bytes: usize) -> Result<Admission, StoreError> {
+        let units = bytes.div_ceil(ADMISSION_UNIT).max(1);
+        if units > self.inner.admission_units {
+            // A request bigger than the whole budget can only ever go through
+            // alone: take the whole budget.
+            return self
+                .inner
+                .admission
+                .clone()
+                .try_acquire_many_owned(self.inner.admission_units as u32)
+                .map(|p| Admission { _permit: Some(p) })
+                .map_err(|_| StoreError::Overloaded("in-flight memory limit reached"));
+        }
+        self.inner
+            .admission
+            .clone()
+            .try_acquire_many_owned(units as u32)
+            .map(|p| Admission { _permit: Some(p) })
+            .map_err(|_| StoreError::Overloaded("in-flight memory limit reached"))
+    }
+
+    /// Append a decoded request; resolves once it is durable (or refused).
+    pub async fn append(
+        &self,
+        signal: Signal,
+        payload: Vec<u8>,
+        batch: Batch,
+    ) -> Result<AppendOutcome, StoreError> {
+        let (done, wait) = oneshot::channel();
+        match self.tx.try_send(WriteRequest {
+            signal,
+            payload,
+            batch,
+            done,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded("write queue full")),
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let hot = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
+        let mut stats = hot.stats.clone();
+        let segs = self.inner.segments.read().unwrap_or_else(|e| e.into_inner());
+        stats.store_bytes = segs.iter().map(|s| s.bytes).sum();
+        stats.segments = segs.len() as u64;
+        stats.hot_bytes = hot.bytes as u64;
+        stats
+    }
+
+    /// Services that have data, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let hot = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
+        hot.stats.services.keys().cloned().collect()
+    }
+
+    /// Spans matching `q` (by start time), oldest first.
+    pub fn spans(&self, q: &Query) -> Vec<SpanRow> {
+        let mut out = Vec::new();
+        self.visit(q, |c| match c {
+            Chunk::Disk(b) => out.extend(
+                b.spans
+                    .iter()
+                    .filter(|s| q.service_matches(s.service()) && q.time_matches(s.start_unix_nano))
+                    .cloned(),
+            ),
+            Chunk::Hot(h) => out.extend(
+                h.spans
+                    .iter()
+                    .filter(|s| q.time_matches(s.start_unix_nano))
+                    .cloned(),
+            ),
+        });
+        out
+    }
+
+    /// Metric points matching `q` (by point time).
+    pub fn points(&self, q: &Query) -> Vec<MetricPoint> {
+        let mut out = Vec::new();
+        self.visit(q, |c| match c {
+            Chunk::Disk(b) => out.extend(
+                b.points
+                    .iter()
+                    .filter(|p| q.service_matches(p.service()) && q.time_matches(p.time_unix_nano))
+                    .cloned(),
+            ),
+            Chunk::Hot(h) => out.extend(
+                h.points
+                    .iter()
+                    .filter(|p| q.time_matches(p.time_unix_nano))
+                    .cloned(),
+            ),
+        });
+        out
+    }
+
+    /// Deploy / restart / flush markers matching `q`.
+    pub fn markers(&self, q: &Query) -> Vec<LogMarker> {
+        let mut out = Vec::new();
+        self.visit(q, |c| match c {
+            Chunk::Disk(b) => out.extend(
+                b.markers
+                    .iter()
+                    .filter(|m| {
+                        q.service_matches(&m.resource.service) && q.time_matches(m.time_unix_nano)
+                    })
+                    .cloned(),
+            ),
+            Chunk::Hot(h) => out.extend(
+                h.markers
+                    .iter()
+                    .filter(|m| q.time_matches(m.time_unix_nano))
+                    .cloned(),
+            ),
+        });
+        out
+    }
+
+    /// Feed `f` with batches read back from segments for the part of `q`
+    /// that was evicted from memory, then with each matching service's
+    /// in-memory rows.
+    fn visit(&self, q: &Query, mut f: impl FnMut(Chunk<'_>)) {
+        let evicted_up_to = {
+            let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
+            h.evicted_up_to
+        };
+        if q.from_unix_nano <= evicted_up_to && evicted_up_to > 0 {
+            let to = q.to_unix_nano.min(evicted_up_to.saturating_add(1));
+            self.inner.scan_disk(q.from_unix_nano, to, &mut |b| f(Chunk::Disk(b)));
+        }
+        let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&Arc<str>> = h
+            .services
+            .keys()
+            .filter(|s| q.service_matches(s))
+            .collect();
+        names.sort();
+        for name in names {
+            f(Chunk::Hot(&h.services[name]));
+        }
+    }
+}
+
+enum Chunk<'a> {
+    Disk(&'a Batch),
+    Hot(&'a ServiceHot),
+}
+
+/// FIFO-bounded set of span fingerprints.
+struct Dedup {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl Dedup {
+    fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn fingerprint(span: &SpanRow) -> u64 {
+        // SipHash with fixed keys: stable across restarts, so replay agrees.
+        let mut h = DefaultHasher::new();
+        span.trace_id.hash(&mut h);
+        span.span_id.hash(&mut h);
+        h.finish()
+    }
+
+    fn contains(&self, fp: u64) -> bool {
+        self.set.contains(&fp)
+    }
+
+    fn insert(&mut self, fp: u64) {
+        if self.set.insert(fp) {
+            self.order.push_back(fp);
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Drop spans already stored (or repeated within the batch); returns how
+    /// many were dropped.
+    fn filter(&mut self, spans: &mut Vec<SpanRow>) -> u64 {
+        let before = spans.len();
+        let mut seen_here = HashSet::new();
+        spans.retain(|s| {
+            let fp = Self::fingerprint(s);
+            !self.contains(fp) && seen_here.insert(fp)
+        });
+        (before - spans.len()) as u64
+    }
+
+    fn commit(&mut self, spans: &[SpanRow]) {
+        for s in spans {
+            self.insert(Self::fingerprint(s));
+        }
+    }
+}
+
+fn time_range(batch: &Batch) -> (u64, u64) {
+    let times = batch
+        .spans
+        .iter()
+        .map(|s| s.start_unix_nano)
+        .chain(batch.points.iter().map(|p| p.time_unix_nano))
+        .chain(batch.markers.iter().map(|m| m.time_unix_nano));
+    let mut lo = u64::MAX;
+    let mut hi = 0;
+    for t in times {
+        lo = lo.min(t);
+        hi = hi.max(t);
+    }
+    if lo == u64::MAX { (0, 0) } else { (lo, hi) }
+}
+
+impl Inner {
+    fn decode(&self, signal: Signal, payload: &[u8]) -> Option<Batch> {
+        match signal {
+            Signal::Traces => ExportTraceServiceRequest::decode(payload)
+                .ok()
+                .map(|r| self.decoder.traces(&r)),
+            Signal::Metrics => ExportMetricsServiceRequest::decode(payload)
+                .ok()
+                .map(|r| self.decoder.metrics(&r)),
+            Signal::Logs => ExportLogsServiceRequest::decode(payload)
+                .ok()
+                .map(|r| self.decoder.logs(&r)),
+        }
+    }
+
+    /// Replay every segment into the hot set; cut a torn or corrupt tail.
+    /// Returns the writer for the last segment.
+    fn recover(&self, dedup: &mut Dedup) -> Result<SegmentWriter, StoreError> {
+        let dir = &self.config.dir;
+        let seqs = list_segments(dir).map_err(|source| StoreError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let started = Instant::now();
+        let mut metas = Vec::new();
+        let mut last_valid = None;
+        let mut records = 0u64;
+        for &seq in &seqs {
+            let path = segment_path(dir, seq);
+            let mut reader = SegmentReader::open(&path).map_err(|source| StoreError::Recover {
+                path: path.clone(),
+                source,
+            })?;
+            let mut meta = SegmentMeta {
+                seq,
+                bytes: 0,
+                min_time: u64::MAX,
+                max_time: 0,
+            };
+            while let Some(record) = reader.next_record() {
+                records += 1;
+                meta.min_time = meta.min_time.min(record.min_time);
+                meta.max_time = meta.max_time.max(record.max_time);
+                match self.decode(record.signal, &record.payload) {
+                    Some(mut batch) => {
+                        let dups = dedup.filter(&mut batch.spans);
+                        dedup.commit(&batch.spans);
+                        self.apply(batch, dups);
+                    }
+                    None => tracing::warn!(segment = %path.display(), "stored record does not decode; skipped"),
+                }
+            }
+            if let Some(problem) = &reader.corruption {
+                tracing::warn!(
+                    segment = %path.display(),
+                    valid_bytes = reader.valid_len,
+                    problem = %problem,
+                    "cutting corrupt or torn segment tail"
+                );
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| StoreError::Recover {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let keep = reader.valid_len.max(wal::MAGIC.len() as u64);
+                if reader.valid_len == 0 {
+                    // Not even a header: rewrite one.
+                    drop(f);
+                    std::fs::write(&path, wal::MAGIC).map_err(|source| StoreError::Recover {
+                        path: path.clone(),
+                        source,
+                    })?;
+                } else {
+                    f.set_len(keep)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|source| StoreError::Recover {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                meta.bytes = keep;
+            } else {
+                meta.bytes = reader.valid_len;
+            }
+            last_valid = Some((seq, meta.bytes));
+            metas.push(meta);
+        }
+        if !seqs.is_empty() {
+            tracing::info!(
+                segments = seqs.len(),
+                records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store recovered"
+            );
+        }
+        let writer = match last_valid {
+            Some((seq, len)) => SegmentWriter::reopen(dir, seq, len),
+            None => {
+                metas.push(SegmentMeta {
+                    seq: 1,
+                    bytes: wal::MAGIC.len() as u64,
+                    min_time: u64::MAX,
+                    max_time: 0,
+                });
+                SegmentWriter::create(dir, 1)
+            }
+        }
+        .map_err(|source| StoreError::Recover {
+            path: dir.clone(),
+            source,
+        })?;
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = metas;
+        self.publish_gauges();
+        Ok(writer)
+    }
+
+    /// Add a de-duplicated batch to the hot set and the stats.
+    fn apply(&self, batch: Batch, duplicates: u64) -> AppendOutcome {
+        let outcome = AppendOutcome {
+            spans: batch.spans.len() as u64,
+            duplicates,
+            points: batch.points.len() as u64,
+            logs: batch.markers.len() as u64 + batch.other_logs,
+        };
+        let mut hot = self.hot.write().unwrap_or_else(|e| e.into_inner());
+        let h = &mut *hot;
+        h.stats.duplicates += duplicates;
+        for s in batch.spans {
+            let st = h.stats.services.entry(s.service().to_string()).or_default();
+            st.spans += 1;
+            st.see(s.start_unix_nano);
+            h.stats.totals.spans += 1;
+            h.stats.totals.see(s.start_unix_nano);
+            let svc = h.services.entry(s.resource.service.clone()).or_default();
+            svc.bytes += s.approx_bytes();
+            h.bytes += s.approx_bytes();
+            svc.spans.push_back(s);
+        }
+        for p in batch.points {
+            let st = h.stats.services.entry(p.service().to_string()).or_default();
+            st.metric_points += 1;
+            st.see(p.time_unix_nano);
+            h.stats.totals.metric_points += 1;
+            h.stats.totals.see(p.time_unix_nano);
+            let svc = h.services.entry(p.resource.service.clone()).or_default();
+            svc.bytes += p.approx_bytes();
+            h.bytes += p.approx_bytes();
+            svc.points.push_back(p);
+        }
+        for m in batch.markers {
+            let st = h.stats.services.entry(m.resource.service.to_string()).or_default();
+            st.log_records += 1;
+            h.stats.totals.log_records += 1;
+            let svc = h.services.entry(m.resource.service.clone()).or_default();
+            svc.markers.push_back(m);
+        }
+        if batch.other_logs > 0 {
+            h.stats.totals.log_records += batch.other_logs;
+            self.metrics.other_logs.add(batch.other_logs);
+        }
+        self.metrics.duplicates.add(duplicates);
+        self.evict(h);
+        outcome
+    }
+
+    /// Drop the oldest rows of the largest services until the hot set fits.
+    fn evict(&self, h: &mut Hot) {
+        while h.bytes > self.config.hot_bytes {
+            let Some(name) = h
+                .services
+                .iter()
+                .max_by_key(|(_, s)| s.bytes)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            let svc = h.services.get_mut(&name).expect("service just found");
+            let mut freed = 0;
+            let mut evicted_t = 0;
+            // Evict a chunk at a time to keep this amortised.
+            let target = (svc.bytes / 8).max(1);
+            while freed < target {
+                let span_t = svc.spans.front().map(|s| s.start_unix_nano);
+                let point_t = svc.points.front().map(|p| p.time_unix_nano);
+                match (span_t, point_t) {
+                    (Some(a), Some(b)) if b < a => {
+                        let p = svc.points.pop_front().expect("front exists");
+                        freed += p.approx_bytes();
+                        evicted_t = evicted_t.max(p.time_unix_nano);
+                    }
+                    (Some(_), _) => {
+                        let s = svc.spans.pop_front().expect("front exists");
+                        freed += s.approx_bytes();
+                        evicted_t = evicted_t.max(s.start_unix_nano);
+                    }
+                    (None, Some(_)) => {
+                        let p = svc.points.pop_front().expect("front exists");
+                        freed += p.approx_bytes();
+                        evicted_t = evicted_t.max(p.time_unix_nano);
+                    }
+                    (None, None) => break,
+                }
+            }
+            if freed == 0 {
+                // Only markers left: forget the service's accounted bytes.
+                let stale = std::mem::take(&mut svc.bytes);
+                h.bytes = h.bytes.saturating_sub(stale);
+                if stale == 0 {
+                    break;
+                }
+                continue;
+            }
+            svc.bytes = svc.bytes.saturating_sub(freed);
+            h.bytes = h.bytes.saturating_sub(freed);
+            h.evicted_up_to = h.evicted_up_to.max(evicted_t);
+        }
+        self.metrics.hot_bytes.set(h.bytes as u64);
+    }
+
+    fn scan_disk(&self, from: u64, to: u64, f: &mut impl FnMut(&Batch)) {
+        let metas: Vec<SegmentMeta> = self
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|m| m.max_time >= from && m.min_time < to)
+            .cloned()
+            .collect();
+        let mut dedup = Dedup::new(self.config.dedup_capacity);
+        for meta in metas {
+            let path = segment_path(&self.config.dir, meta.seq);
+            let Ok(mut reader) = SegmentReader::open(&path) else {
+                continue;
+            };
+            while let Some(record) = reader.next_record() {
+                if record.max_time < from || record.min_time >= to {
+                    continue;
+                }
+                if let Some(mut batch) = self.decode(record.signal, &record.payload) {
+                    dedup.filter(&mut batch.spans);
+                    dedup.commit(&batch.spans);
+                    f(&batch);
+                }
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        self.metrics
+            .store_bytes
+            .set(segs.iter().map(|s| s.bytes).sum());
+        self.metrics.store_segments.set(segs.len() as u64);
+    }
+
+    fn writer_loop(
+        self: Arc<Self>,
+        rx: Receiver<WriteRequest>,
+        mut writer: SegmentWriter,
+        mut dedup: Dedup,
+    ) {
+        let mut last_retention = Instant::now();
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            // De-duplicate against what is stored and within the group.
+            let mut pending = Vec::with_capacity(group.len());
+            let mut group_seen = Dedup::new(usize::MAX);
+            for mut req in group {
+                let mut dups = dedup.filter(&mut req.batch.spans);
+                let before = req.batch.spans.len();
+                req.batch
+                    .spans
+                    .retain(|s| !group_seen.contains(Dedup::fingerprint(s)));
+                dups += (before - req.batch.spans.len()) as u64;
+                group_seen.commit(&req.batch.spans);
+                let all_dups = dups > 0 && req.batch.is_empty() && req.batch.other_logs == 0;
+                if !all_dups {
+                    let (lo, hi) = time_range(&req.batch);
+                    writer.push(req.signal, lo, hi, &req.payload);
+                    let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+                    if let Some(m) = segs.last_mut() {
+                        m.min_time = m.min_time.min(lo);
+                        m.max_time = m.max_time.max(hi);
+                    }
+                }
+                pending.push((req, dups));
+            }
+            let started = Instant::now();
+            let result = writer.flush(self.config.fsync);
+            if self.config.fsync {
+                self.metrics.fsync_duration.observe(started.elapsed());
+            }
+            match result {
+                Ok(()) => {
+                    for (req, dups) in pending {
+                        dedup.commit(&req.batch.spans);
+                        let outcome = self.apply(req.batch, dups);
+                        let _ = req.done.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed; refusing the group");
+                    for (req, _) in pending {
+                        let _ = req.done.send(Err(StoreError::Write(e.to_string())));
+                    }
+                    // Start a fresh segment: the failed one may hold a torn tail.
+                    if let Ok(w) = SegmentWriter::create(&self.config.dir, writer.seq + 1) {
+                        self.add_segment(w.seq, w.bytes);
+                        writer = w;
+                    }
+                    continue;
+                }
+            }
+            {
+                let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(m) = segs.last_mut() {
+                    m.bytes = writer.bytes;
+                }
+            }
+            if writer.bytes >= self.config.segment_bytes {
+                match SegmentWriter::create(&self.config.dir, writer.seq + 1) {
+                    Ok(w) => {
+                        self.add_segment(w.seq, w.bytes);
+                        writer = w;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot rotate segment"),
+                }
+            }
+            if last_retention.elapsed() > Duration::from_secs(5) {
+                self.enforce_retention(writer.seq);
+                last_retention = Instant::now();
+            }
+            self.publish_gauges();
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    fn add_segment(&self, seq: u64, bytes: u64) {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SegmentMeta {
+                seq,
+                bytes,
+                min_time: u64::MAX,
+                max_time: 0,
+            });
+    }
+
+    /// Delete the oldest closed segments past the age or byte bound.
+    fn enforce_retention(&self, current: u64) {
+        let now = SystemTime::now();
+        let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        let mut total: u64 = segs.iter().map(|s| s.bytes).sum();
+        let mut removed = 0;
+        while let Some(oldest) = segs.first() {
+            if oldest.seq == current {
+                break;
+            }
+            let path = segment_path(&self.config.dir, oldest.seq);
+            let too_old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > self.config.retention_age);
+            if !(too_old || total > self.config.retention_bytes) {
+                break;
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot delete segment");
+                break;
+            }
+            total -= oldest.bytes;
+            segs.remove(0);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.metrics.segments_deleted.add(removed);
+            tracing::info!(removed, "retention deleted segments");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hw-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn request(ids: &[u8]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::StringValue("shop".into())),
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: ids
+                        .iter()
+                        .map(|&i| Span {
+                            trace_id: vec![i; 16],
+                            span_id: vec![i; 8],
+                            name: "GET /".into(),
+                            kind: 2,
+                            start_time_unix_nano: 1_000 + i as u64,
+                            end_time_unix_nano: 2_000 + i as u64,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    async fn put(store: &Store, decoder: &Decoder, ids: &[u8]) -> AppendOutcome {
+        let req = request(ids);
+        let batch = decoder.traces(&req);
+        store
+            .append(Signal::Traces, req.encode_to_vec(), batch)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn dedups_and_recovers_after_reopen() {
+        let dir = tmp("reopen");
+        let decoder = Decoder::default();
+        let metrics = Arc::new(Metrics::default());
+        {
+            let store = Store::open(StoreConfig::new(&dir), decoder.clone(), metrics.clone()).unwrap();
+            assert_eq!(put(&store, &decoder, &[1, 2, 3]).await.spans, 3);
+            let again = put(&store, &decoder, &[2, 3, 4]).await;
+            assert_eq!((again.spans, again.duplicates), (1, 2));
+            assert_eq!(store.stats().services["shop"].spans, 4);
+        }
+        let store = Store::open(StoreConfig::new(&dir), decoder.clone(), metrics).unwrap();
+        let spans = store.spans(&Query::all());
+        let mut ids: Vec<u8> = spans.iter().map(|s| s.span_id[0]).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        assert_eq!(store.stats().duplicates, 2);
+    }
+
+    #[tokio::test]
+    async fn queries_reach_past_the_hot_set_to_disk() {
+        let dir = tmp("evict");
+        let decoder = Decoder::default();
+        let mut config = StoreConfig::new(&dir);
+        config.hot_bytes = 1; // everything is evicted at once
+        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        put(&store, &decoder, &[1, 2]).await;
+        put(&store, &decoder, &[3]).await;
+        let q = Query {
+            service: Some("shop".into()),
+            from_unix_nano: 1_002,
+            to_unix_nano: u64::MAX,
+        };
+        let mut ids: Vec<u8> = store.spans(&q).iter().map(|s| s.span_id[0]).collect();
+        ids.sort();
+        assert_eq!(ids, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_past_the_budget() {
+        let dir = tmp("admit");
+        let mut config = StoreConfig::new(&dir);
+        config.inflight_bytes = 4096;
+        let store = Store::open(config, Decoder::default(), Arc::new(Metrics::default())).unwrap();
+        let held = store.admit(3000).unwrap();
+        assert!(matches!(store.admit(2000), Err(StoreError::Overloaded(_))));
+        drop(held);
+        assert!(store.admit(2000).is_ok());
+    }
+}

@@ -1,0 +1,80 @@
+//! Scenario generator for Herdwatch: a simulated service (cache with TTLs,
+//! database with a bounded pool) whose requests are emitted as spans through
+//! the real OpenTelemetry SDK, either to OTLP/JSON-lines files in virtual
+//! time ([`generate`]) or live over OTLP to an endpoint ([`live::run`]).
+
+pub mod emit;
+pub mod live;
+pub mod scenario;
+pub mod sim;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::trace::SpanData;
+use opentelemetry_sdk::Resource;
+
+pub use emit::{EmitOptions, Semconv};
+pub use scenario::{Scenario, Truth};
+
+/// Virtual-time captures start here: 2026-01-15T12:00:00Z.
+pub const EPOCH_UNIX_SECONDS: u64 = 1_768_478_400;
+
+/// Spans per export request written.
+pub const BATCH: usize = 512;
+
+/// The OTLP request for spans of one resource.
+pub fn to_request(spans: Vec<SpanData>, resource: &Resource) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: group_spans_by_resource_and_scope(spans, &ResourceAttributesWithSchema::from(resource)),
+    }
+}
+
+/// Simulate `scenario` and write its spans as OTLP/JSON lines (one export
+/// request per line, as the Collector's file exporter does). Returns the
+/// number of spans written.
+pub fn generate(
+    scenario: Scenario,
+    seed: u64,
+    opts: &EmitOptions,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
+    let run = sim::simulate(scenario, seed);
+    let settings = scenario.settings();
+    let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX_SECONDS);
+    let mut pipelines: HashMap<(usize, usize), emit::Pipeline> = HashMap::new();
+    let mut written = 0u64;
+    let mut pending = 0usize;
+    let flush = |pipelines: &HashMap<(usize, usize), emit::Pipeline>, out: &mut dyn Write, written: &mut u64| -> std::io::Result<()> {
+        let mut keys: Vec<&(usize, usize)> = pipelines.keys().collect();
+        keys.sort();
+        for k in keys {
+            let p = &pipelines[k];
+            let spans = p.drain();
+            for chunk in spans.chunks(BATCH) {
+                *written += chunk.len() as u64;
+                let req = to_request(chunk.to_vec(), &p.resource);
+                serde_json::to_writer(&mut *out, &req)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    for (n, r) in run.requests.iter().enumerate() {
+        let p = pipelines.entry((r.service, r.generation)).or_insert_with(|| {
+            emit::Pipeline::new(settings.services[r.service].name, r.generation, seed.wrapping_add(r.service as u64 * 31))
+        });
+        emit::emit(p, r, n, epoch, opts);
+        pending += r.ops.len() + 1;
+        if pending >= BATCH * 4 {
+            flush(&pipelines, out, &mut written)?;
+            pending = 0;
+        }
+    }
+    flush(&pipelines, out, &mut written)?;
+    Ok(written)
+}

@@ -1,0 +1,216 @@
+//! The scenarios: stampedes of each kind and the look-alikes that must not
+//! be called stampedes, as model settings plus their ground truth.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    Baseline,
+    SynchronizedExpiry,
+    HotKeyExpiry,
+    ColdCache,
+    CacheUnavailable,
+    Mitigated,
+    DbSaturation,
+    MultiService,
+    RetryStorm,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown scenario {0:?}; known: {known}", known = Scenario::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownScenario(pub String);
+
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: &'static str,
+    pub rps: f64,
+    pub peak_factor: f64,
+    pub keys: usize,
+    pub zipf_s: f64,
+    pub ttl_s: f64,
+    pub ttl_jitter: f64,
+    pub pool: usize,
+    pub db_ms: f64,
+    pub db_slowdown: f64,
+    pub recompute_work: f64,
+    pub hot_key_share: f64,
+    pub hot_key_work: f64,
+    pub hot_expire_at_s: Option<f64>,
+    pub sync_fill_at_s: Option<f64>,
+    pub sync_keys: usize,
+    pub deploy_at_s: Option<f64>,
+    pub cache_down_s: Option<(f64, f64)>,
+    pub slow_route_at_s: Option<(f64, f64)>,
+    pub slow_route_share: f64,
+    pub slow_query_work: f64,
+    pub single_flight: bool,
+    pub retries: bool,
+    pub client_timeout_s: f64,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            name: "catalog",
+            rps: 60.0,
+            peak_factor: 1.5,
+            keys: 2000,
+            zipf_s: 0.9,
+            ttl_s: 600.0,
+            ttl_jitter: 0.0,
+            pool: 20,
+            db_ms: 8.0,
+            db_slowdown: 12.0,
+            recompute_work: 1.0,
+            hot_key_share: 0.0,
+            hot_key_work: 1.0,
+            hot_expire_at_s: None,
+            sync_fill_at_s: None,
+            sync_keys: 0,
+            deploy_at_s: None,
+            cache_down_s: None,
+            slow_route_at_s: None,
+            slow_route_share: 0.0,
+            slow_query_work: 1.0,
+            single_flight: false,
+            retries: false,
+            client_timeout_s: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub duration_s: f64,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// What a scenario is, for its truth file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Truth {
+    pub scenario: &'static str,
+    /// The incident kind, or none.
+    pub kind: Option<&'static str>,
+    pub service: Option<&'static str>,
+    /// Seconds from the capture start when the stampede (or saturation) starts.
+    pub onset_s: Option<f64>,
+    pub mitigations: Vec<&'static str>,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 9] = [
+        Self::Baseline,
+        Self::SynchronizedExpiry,
+        Self::HotKeyExpiry,
+        Self::ColdCache,
+        Self::CacheUnavailable,
+        Self::Mitigated,
+        Self::DbSaturation,
+        Self::MultiService,
+        Self::RetryStorm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::SynchronizedExpiry => "synchronized-expiry",
+            Self::HotKeyExpiry => "hot-key-expiry",
+            Self::ColdCache => "cold-cache",
+            Self::CacheUnavailable => "cache-unavailable",
+            Self::Mitigated => "mitigated",
+            Self::DbSaturation => "db-saturation",
+            Self::MultiService => "multi-service",
+            Self::RetryStorm => "retry-storm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, UnknownScenario> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| UnknownScenario(s.to_string()))
+    }
+
+    pub fn settings(self) -> Settings {
+        let sync = ServiceSpec {
+            sync_fill_at_s: Some(30.0),
+            sync_keys: 600,
+            ttl_s: 90.0,
+            ..ServiceSpec::default()
+        };
+        let services = match self {
+            Self::Baseline => vec![ServiceSpec::default()],
+            Self::SynchronizedExpiry => vec![sync],
+            Self::Mitigated => vec![ServiceSpec {
+                single_flight: true,
+                ttl_jitter: 0.3,
+                ..sync
+            }],
+            Self::HotKeyExpiry | Self::RetryStorm => vec![ServiceSpec {
+                hot_key_share: 0.35,
+                hot_key_work: 25.0,
+                hot_expire_at_s: Some(120.0),
+                retries: self == Self::RetryStorm,
+                client_timeout_s: 2.0,
+                ..ServiceSpec::default()
+            }],
+            Self::ColdCache => vec![ServiceSpec {
+                deploy_at_s: Some(120.0),
+                ..ServiceSpec::default()
+            }],
+            Self::CacheUnavailable => vec![ServiceSpec {
+                cache_down_s: Some((120.0, 170.0)),
+                ..ServiceSpec::default()
+            }],
+            Self::DbSaturation => vec![ServiceSpec {
+                slow_route_at_s: Some((120.0, 170.0)),
+                slow_route_share: 0.3,
+                slow_query_work: 40.0,
+                ..ServiceSpec::default()
+            }],
+            Self::MultiService => vec![
+                sync,
+                ServiceSpec {
+                    name: "accounts",
+                    rps: 30.0,
+                    ..ServiceSpec::default()
+                },
+            ],
+        };
+        Settings {
+            duration_s: 240.0,
+            services,
+        }
+    }
+
+    pub fn truth(self) -> Truth {
+        let (kind, onset, mitigations): (Option<&'static str>, Option<f64>, Vec<&'static str>) = match self {
+            Self::Baseline | Self::Mitigated => (None, None, vec![]),
+            Self::SynchronizedExpiry | Self::MultiService => (
+                Some("synchronized-expiry"),
+                Some(120.0),
+                vec!["single-flight", "ttl-jitter"],
+            ),
+            Self::HotKeyExpiry => (Some("hot-key-expiry"), Some(120.0), vec!["single-flight", "xfetch"]),
+            Self::RetryStorm => (
+                Some("hot-key-expiry"),
+                Some(120.0),
+                vec!["single-flight", "xfetch", "backoff-jitter"],
+            ),
+            Self::ColdCache => (Some("cold-cache"), Some(120.0), vec!["warm-up"]),
+            Self::CacheUnavailable => (
+                Some("cache-unavailable"),
+                Some(120.0),
+                vec!["stale-while-revalidate"],
+            ),
+            Self::DbSaturation => (Some("db-saturation"), Some(120.0), vec!["slow-query-review"]),
+        };
+        Truth {
+            scenario: self.name(),
+            kind,
+            service: kind.map(|_| "catalog"),
+            onset_s: onset,
+            mitigations,
+        }
+    }
+}
