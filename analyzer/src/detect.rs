@@ -14,7 +14,7 @@ use crate::model::{hex, Sym};
 use crate::shape::{Facts, Outcome, RecomputeFact};
 use crate::signals::ServiceSeries;
 use crate::slo::{budget_consumed, BurnSeries};
-use crate::stats::{mad, median, quantile};
+use crate::stats::{mad, median};
 
 /// Per-bucket flags of one service.
 #[derive(Debug, Clone, Default)]
@@ -284,8 +284,7 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             *e = (*e).max(fill.t);
         }
         let fill_times: Vec<f64> = last_fill.values().map(|t| *t as f64 / 1e9).collect();
-        let fill_spread = (fill_times.len() >= 3)
-            .then(|| quantile(&fill_times, 0.9) - quantile(&fill_times, 0.1));
+        let (fill_cluster, fill_spread) = fill_cluster(&fill_times, config.sync_fill_spread_seconds);
         let ttl_estimate = (!fill_times.is_empty()).then(|| {
             let first_miss: HashMap<&Sym, u64> = misses.iter().fold(HashMap::new(), |mut m, l| {
                 let e = m.entry(&l.key).or_insert(l.t);
@@ -401,6 +400,7 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             },
             marker: marker.map(|m| format!("{}: {}", m.kind.as_str(), m.detail)),
             fill_spread_seconds: fill_spread,
+            fill_cluster_share: fill_cluster,
             retries,
             gaps: series.coverage.gaps(),
         };
@@ -527,6 +527,28 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
     out
 }
 
+/// The largest share of `times` (seconds) within one window of `width`
+/// seconds, and the spread (first to last) of that cluster. `None` below
+/// three fills.
+pub fn fill_cluster(times: &[f64], width: f64) -> (Option<f64>, Option<f64>) {
+    if times.len() < 3 {
+        return (None, None);
+    }
+    let mut t = times.to_vec();
+    t.sort_by(|a, b| a.total_cmp(b));
+    let (mut best, mut best_spread, mut lo) = (0usize, 0.0, 0usize);
+    for hi in 0..t.len() {
+        while t[hi] - t[lo] > width {
+            lo += 1;
+        }
+        if hi - lo + 1 > best {
+            best = hi - lo + 1;
+            best_spread = t[hi] - t[lo];
+        }
+    }
+    (Some(best as f64 / t.len() as f64), Some(best_spread))
+}
+
 fn nan0(x: f64) -> f64 {
     if x.is_nan() { 0.0 } else { x }
 }
@@ -548,9 +570,13 @@ pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
             e.distinct_keys_recomputed,
             e.miss_rate_peak_per_s,
             e.miss_rate_baseline_per_s,
-            e.fill_spread_seconds
-                .map(|s| format!(" after being filled within {s:.1} s of each other"))
-                .unwrap_or_default()
+            match (e.fill_cluster_share, e.fill_spread_seconds) {
+                (Some(c), Some(s)) if c >= 0.3 => format!(
+                    " ({:.0} % of them had been filled within {s:.1} s of each other: same TTL)",
+                    c * 100.0
+                ),
+                _ => String::new(),
+            }
         ),
         Kind::HotKeyExpiry => format!(
             "Cache stampede in {service}: hot key {} expired and {} requests recomputed it at once{share}.",
@@ -593,7 +619,7 @@ fn confidence(
             Kind::HotKeyExpiry => 0.15 * (e.herd_max as f64 / 20.0).min(1.0),
             Kind::SynchronizedExpiry => {
                 let keys = (e.distinct_keys_recomputed as f64 / (2.0 * config.sync_min_keys as f64)).min(1.0);
-                0.1 * keys + if e.fill_spread_seconds.is_some_and(|s| s <= config.sync_fill_spread_seconds) { 0.05 } else { 0.0 }
+                0.1 * keys + 0.05 * e.fill_cluster_share.unwrap_or(0.0)
             }
             Kind::ColdCache => 0.15,
             Kind::CacheUnavailable => 0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0),

@@ -92,8 +92,11 @@ pub struct Evidence {
     pub onsets: Onsets,
     /// Deploy, restart, flush or new cache node before the onset.
     pub marker: Option<String>,
-    /// Spread of the previous fills of the missed keys, seconds (p10–p90).
+    /// Spread, in seconds, of the largest cluster of previous fills of the
+    /// missed keys (fills within `sync_fill_spread_seconds` of each other).
     pub fill_spread_seconds: Option<f64>,
+    /// Share of the missed keys whose previous fill is in that cluster.
+    pub fill_cluster_share: Option<f64>,
     pub retries: u64,
     /// What the input did not show (reduced analysis).
     pub gaps: Vec<String>,

@@ -76,12 +76,12 @@ pub fn replay_single_flight(
     baseline: &HashMap<Sym, u64>,
 ) -> (u64, u64) {
     let mut sorted: Vec<&&RecomputeFact> = recomputes.iter().collect();
-    sorted.sort_by_key(|r| r.start);
+    sorted.sort_by_key(|r| r.miss_at);
     let mut busy_until: HashMap<&str, u64> = HashMap::new();
     let mut kept = Vec::new();
     for r in sorted {
         let until = busy_until.get(&*r.key).copied().unwrap_or(0);
-        if r.start < until {
+        if r.miss_at < until {
             continue;
         }
         let d = baseline
@@ -89,8 +89,8 @@ pub fn replay_single_flight(
             .copied()
             .unwrap_or(r.end - r.start)
             .max(1);
-        busy_until.insert(&r.key, r.start + d);
-        kept.push((r.start, r.start + d));
+        busy_until.insert(&r.key, r.miss_at + d);
+        kept.push((r.miss_at, r.miss_at + d));
     }
     (kept.len() as u64, peak_concurrency(kept.into_iter()))
 }
@@ -102,7 +102,7 @@ pub fn replay_ttl_jitter(recomputes: &[&RecomputeFact], jitter: u64) -> u64 {
     peak_per_second(
         recomputes
             .iter()
-            .map(|r| r.start + (unit_hash(&r.key, 7) * jitter as f64) as u64),
+            .map(|r| r.miss_at + (unit_hash(&r.key, 7) * jitter as f64) as u64),
     )
 }
 
@@ -166,7 +166,7 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
     if ctx.kind == Kind::SynchronizedExpiry && recomputes_before > 0 {
         let ttl = ctx.ttl_estimate.unwrap_or(300_000_000_000);
         let jitter = ttl / 5; // ±10 %
-        let before = peak_per_second(ctx.recomputes.iter().map(|r| r.start));
+        let before = peak_per_second(ctx.recomputes.iter().map(|r| r.miss_at));
         let after = replay_ttl_jitter(&ctx.recomputes, jitter);
         out.push((
             20,
@@ -176,9 +176,13 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
                 because: format!(
                     "{} distinct keys missed together{}",
                     fmt_n(ev.distinct_keys_recomputed as f64),
-                    ev.fill_spread_seconds
-                        .map(|s| format!("; their previous fills were within {s:.1} s of each other (same TTL)"))
-                        .unwrap_or_default()
+                    match (ev.fill_cluster_share, ev.fill_spread_seconds) {
+                        (Some(c), Some(s)) => format!(
+                            "; {:.0} % of them were last filled within {s:.1} s of each other (same TTL)",
+                            c * 100.0
+                        ),
+                        _ => String::new(),
+                    }
                 ),
                 change: "Add random jitter to every TTL you set (e.g. TTL × (0.9 + 0.2 × random())), so keys filled together do not expire together.".into(),
                 effect: format!(
@@ -461,6 +465,7 @@ mod tests {
             service: Arc::from("shop"),
             key: Arc::from(key),
             group: Arc::from("product:{n}"),
+            miss_at: start_ms * 1_000_000,
             start: start_ms * 1_000_000,
             end: end_ms * 1_000_000,
             db_nanos: (end_ms - start_ms) * 1_000_000,

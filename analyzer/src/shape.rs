@@ -62,6 +62,8 @@ pub struct RecomputeFact {
     pub service: Sym,
     pub key: Sym,
     pub group: Sym,
+    /// When the lookup that missed started.
+    pub miss_at: u64,
     pub start: u64,
     pub end: u64,
     /// Summed duration of the database operations of the recompute.
@@ -425,6 +427,15 @@ impl TraceAssembler {
                         (false, None) if !recompute.is_empty() => {
                             (Outcome::Miss, Evidence::TraceShape)
                         }
+                        // No database work and no fill, but the request
+                        // failed: the value was not there and getting it
+                        // failed (e.g. the pool was exhausted).
+                        (false, None)
+                            if fill_at.is_none()
+                                && (req.http_status >= 500 || req.status == StatusCode::Error) =>
+                        {
+                            (Outcome::Miss, Evidence::TraceShape)
+                        }
                         (false, None) => (Outcome::Hit, Evidence::NoFollowUp),
                     };
                     if evidence == Evidence::Attribute {
@@ -449,6 +460,7 @@ impl TraceAssembler {
                             service: service.clone(),
                             key: key.clone(),
                             group: group.clone(),
+                            miss_at: op.start_unix_nano,
                             start,
                             end,
                             db_nanos,

@@ -271,8 +271,11 @@ pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
     if let Some(m) = &e.marker {
         v.push(("Marker before onset".into(), m.clone()));
     }
-    if let Some(s) = e.fill_spread_seconds {
-        v.push(("Spread of previous fills (p10–p90)".into(), format!("{s:.1} s")));
+    if let (Some(c), Some(s)) = (e.fill_cluster_share, e.fill_spread_seconds) {
+        v.push((
+            "Previous fills of the missed keys".into(),
+            format!("{:.0} % within {s:.1} s of each other", c * 100.0),
+        ));
     }
     if e.retries > 0 {
         v.push(("Retried requests".into(), e.retries.to_string()));

@@ -33,6 +33,10 @@ pub struct EmitOptions {
     /// Put `cache.hit` / `cache.key` on request spans (off by default: real
     /// services rarely have them).
     pub app_attributes: bool,
+    /// Also write pool and Redis keyspace metrics.
+    pub metrics: bool,
+    /// Write spans (off for a metrics-only capture).
+    pub spans: bool,
 }
 
 impl Default for EmitOptions {
@@ -41,6 +45,8 @@ impl Default for EmitOptions {
             semconv: Semconv::Stable,
             unsanitised: false,
             app_attributes: false,
+            metrics: true,
+            spans: true,
         }
     }
 }
@@ -144,6 +150,9 @@ fn db_attrs(opts: &EmitOptions, n: usize, system: &'static str, op: &str, query:
 
 /// Emit one simulated request as spans.
 pub fn emit(pipeline: &Pipeline, r: &Request, n: usize, epoch: SystemTime, opts: &EmitOptions) {
+    if !opts.spans {
+        return;
+    }
     let tracer = pipeline.provider.tracer("herdwatch-samples");
     if r.route == "startup" {
         // The new instance flushes the cache at startup (no request span).

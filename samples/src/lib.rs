@@ -5,6 +5,7 @@
 
 pub mod emit;
 pub mod live;
+pub mod metrics;
 pub mod scenario;
 pub mod sim;
 
@@ -76,5 +77,24 @@ pub fn generate(
         }
     }
     flush(&pipelines, out, &mut written)?;
+    if opts.metrics {
+        let epoch_nanos = EPOCH_UNIX_SECONDS * 1_000_000_000;
+        let duration = (settings.duration_s * 1e9) as u64;
+        for (i, spec) in settings.services.iter().enumerate() {
+            let r = emit::resource(spec.name, 0, "demo");
+            let attr = |k: &str| {
+                r.get(&opentelemetry::Key::from_static_str(match k {
+                    "v" => "service.version",
+                    _ => "service.instance.id",
+                }))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+            };
+            for req in metrics::requests(spec.name, &attr("v"), &attr("i"), epoch_nanos, &run.gauges[i], duration) {
+                serde_json::to_writer(&mut *out, &req)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
     Ok(written)
 }

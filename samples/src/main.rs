@@ -37,6 +37,12 @@ struct Emit {
     /// Add `cache.hit` / `cache.key` to request spans.
     #[arg(long)]
     app_attributes: bool,
+    /// Leave out pool and Redis keyspace metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Leave out spans (a metrics-only capture).
+    #[arg(long)]
+    no_spans: bool,
 }
 
 impl Emit {
@@ -49,6 +55,8 @@ impl Emit {
             },
             unsanitised: self.unsanitised,
             app_attributes: self.app_attributes,
+            metrics: !self.no_metrics,
+            spans: !self.no_spans,
         }
     }
 }

@@ -46,21 +46,23 @@ pub struct ServiceSpec {
     pub single_flight: bool,
     pub retries: bool,
     pub client_timeout_s: f64,
+    /// Connection-pool acquire timeout.
+    pub pool_timeout_s: f64,
 }
 
 impl Default for ServiceSpec {
     fn default() -> Self {
         Self {
             name: "catalog",
-            rps: 60.0,
-            peak_factor: 1.5,
+            rps: 200.0,
+            peak_factor: 1.3,
             keys: 2000,
             zipf_s: 0.9,
-            ttl_s: 600.0,
+            ttl_s: 900.0,
             ttl_jitter: 0.0,
             pool: 20,
-            db_ms: 8.0,
-            db_slowdown: 12.0,
+            db_ms: 30.0,
+            db_slowdown: 10.0,
             recompute_work: 1.0,
             hot_key_share: 0.0,
             hot_key_work: 1.0,
@@ -75,6 +77,7 @@ impl Default for ServiceSpec {
             single_flight: false,
             retries: false,
             client_timeout_s: 10.0,
+            pool_timeout_s: 2.0,
         }
     }
 }
@@ -135,7 +138,7 @@ impl Scenario {
         let sync = ServiceSpec {
             sync_fill_at_s: Some(30.0),
             sync_keys: 600,
-            ttl_s: 90.0,
+            ttl_s: 60.0,
             ..ServiceSpec::default()
         };
         let services = match self {
@@ -149,22 +152,22 @@ impl Scenario {
             Self::HotKeyExpiry | Self::RetryStorm => vec![ServiceSpec {
                 hot_key_share: 0.35,
                 hot_key_work: 25.0,
-                hot_expire_at_s: Some(120.0),
+                hot_expire_at_s: Some(90.0),
                 retries: self == Self::RetryStorm,
                 client_timeout_s: 2.0,
                 ..ServiceSpec::default()
             }],
             Self::ColdCache => vec![ServiceSpec {
-                deploy_at_s: Some(120.0),
+                deploy_at_s: Some(90.0),
                 ..ServiceSpec::default()
             }],
             Self::CacheUnavailable => vec![ServiceSpec {
-                cache_down_s: Some((120.0, 170.0)),
+                cache_down_s: Some((90.0, 130.0)),
                 ..ServiceSpec::default()
             }],
             Self::DbSaturation => vec![ServiceSpec {
-                slow_route_at_s: Some((120.0, 170.0)),
-                slow_route_share: 0.3,
+                slow_route_at_s: Some((90.0, 130.0)),
+                slow_route_share: 0.05,
                 slow_query_work: 40.0,
                 ..ServiceSpec::default()
             }],
@@ -172,13 +175,13 @@ impl Scenario {
                 sync,
                 ServiceSpec {
                     name: "accounts",
-                    rps: 30.0,
+                    rps: 80.0,
                     ..ServiceSpec::default()
                 },
             ],
         };
         Settings {
-            duration_s: 240.0,
+            duration_s: 180.0,
             services,
         }
     }
@@ -188,22 +191,22 @@ impl Scenario {
             Self::Baseline | Self::Mitigated => (None, None, vec![]),
             Self::SynchronizedExpiry | Self::MultiService => (
                 Some("synchronized-expiry"),
-                Some(120.0),
+                Some(90.0),
                 vec!["single-flight", "ttl-jitter"],
             ),
-            Self::HotKeyExpiry => (Some("hot-key-expiry"), Some(120.0), vec!["single-flight", "xfetch"]),
+            Self::HotKeyExpiry => (Some("hot-key-expiry"), Some(90.0), vec!["single-flight", "xfetch"]),
             Self::RetryStorm => (
                 Some("hot-key-expiry"),
-                Some(120.0),
+                Some(90.0),
                 vec!["single-flight", "xfetch", "backoff-jitter"],
             ),
-            Self::ColdCache => (Some("cold-cache"), Some(120.0), vec!["warm-up"]),
+            Self::ColdCache => (Some("cold-cache"), Some(90.0), vec!["warm-up"]),
             Self::CacheUnavailable => (
                 Some("cache-unavailable"),
-                Some(120.0),
+                Some(90.0),
                 vec!["stale-while-revalidate"],
             ),
-            Self::DbSaturation => (Some("db-saturation"), Some(120.0), vec!["slow-query-review"]),
+            Self::DbSaturation => (Some("db-saturation"), Some(90.0), vec!["slow-query-review"]),
         };
         Truth {
             scenario: self.name(),

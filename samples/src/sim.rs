@@ -111,11 +111,22 @@ impl Db {
     /// Returns (start, end) of the query proper (after waiting for a
     /// connection).
     fn query(&mut self, t: u64, work_ms: f64, rng: &mut Rng) -> (u64, u64) {
+        self.try_query(t, work_ms, u64::MAX, rng).unwrap_or((t, t))
+    }
+
+    /// Like `query`, but gives up (`None`, no connection taken) when no
+    /// connection frees up within `acquire_timeout` ns.
+    fn try_query(&mut self, t: u64, work_ms: f64, acquire_timeout: u64, rng: &mut Rng) -> Option<(u64, u64)> {
         while self.free_at.peek().is_some_and(|r| r.0 <= t) {
             self.free_at.pop();
         }
         let start = if self.free_at.len() >= self.pool {
-            self.free_at.pop().map(|r| r.0).unwrap_or(t)
+            let free = self.free_at.peek().map(|r| r.0).unwrap_or(t);
+            if free.saturating_sub(t) > acquire_timeout {
+                return None;
+            }
+            self.free_at.pop();
+            free
         } else {
             t
         };
@@ -128,7 +139,7 @@ impl Db {
         let end = start + (ms * 1e6) as u64;
         self.free_at.push(std::cmp::Reverse(end));
         self.inflight.push(std::cmp::Reverse(end));
-        (start, end)
+        Some((start, end))
     }
 
     fn in_use(&mut self, t: u64) -> usize {
@@ -181,10 +192,11 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
         base_ms: spec.db_ms,
         slowdown: spec.db_slowdown,
     };
-    // Cache: key → expiry. Warm at start, expiries spread over one TTL.
+    // Cache: key → (filled at, expires at). Warm at start, expiries spread
+    // over one TTL. A value is visible only once its fill has happened.
     let ttl = (spec.ttl_s * S as f64) as u64;
-    let mut cache: HashMap<usize, u64> = (0..spec.keys)
-        .map(|k| (k, (rng.f64() * ttl as f64) as u64 + S))
+    let mut cache: HashMap<usize, (u64, u64)> = (0..spec.keys)
+        .map(|k| (k, (0, (rng.f64() * ttl as f64) as u64 + S)))
         .collect();
     // Keys being recomputed (for single-flight): key → fill time.
     let mut recomputing: HashMap<usize, u64> = HashMap::new();
@@ -194,6 +206,7 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
     let mut t = 0u64;
     let mut warmed = false;
     let mut deployed = false;
+    let mut hot_expired = false;
     let mut retries: Vec<(u64, usize, u32)> = Vec::new();
     loop {
         let ramp = 1.0 + (spec.peak_factor - 1.0) * (t as f64 / duration as f64).min(1.0);
@@ -218,7 +231,7 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                     } else {
                         0
                     };
-                    cache.insert(k, t + ttl + jitter);
+                    cache.insert(k, (tt, t + ttl + jitter));
                 }
                 out.push(Request {
                     service: svc,
@@ -284,8 +297,24 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
             .is_some_and(|(a, b)| t >= (a * S as f64) as u64 && t < (b * S as f64) as u64);
         if in_slow && rng.f64() < spec.slow_route_share {
             let mut tt = t + MS;
-            let (qs, qe) = db.query(tt, spec.slow_query_work, rng);
-            tt = qe + MS;
+            let acquire = (spec.pool_timeout_s * S as f64) as u64;
+            let (ops, status) = match db.try_query(tt, spec.slow_query_work, acquire, rng) {
+                Some((qs, qe)) => {
+                    tt = qe + MS;
+                    (
+                        vec![Op::Query {
+                            start: qs,
+                            end: qe,
+                            statement: "SELECT o.region, sum(o.total) FROM orders o JOIN order_items i ON i.order_id = o.id WHERE o.created_at > $1 GROUP BY o.region",
+                        }],
+                        200,
+                    )
+                }
+                None => {
+                    tt += acquire;
+                    (Vec::new(), 503)
+                }
+            };
             out.push(Request {
                 service: svc,
                 generation,
@@ -295,13 +324,9 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                 key: String::new(),
                 start: t,
                 end: tt,
-                status: 200,
+                status,
                 resend: 0,
-                ops: vec![Op::Query {
-                    start: qs,
-                    end: qe,
-                    statement: "SELECT o.region, sum(o.total) FROM orders o JOIN order_items i ON i.order_id = o.id WHERE o.created_at > $1 GROUP BY o.region",
-                }],
+                ops,
                 recomputed: false,
                 missed: false,
             });
@@ -313,20 +338,21 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
         let hot_expire = spec.hot_expire_at_s.map(|a| (a * S as f64) as u64);
         if let Some(he) = hot_expire
             && t >= he
-            && cache.get(&0).is_some_and(|e| *e > he + ttl / 2)
-            && !recomputing.contains_key(&0)
+            && !hot_expired
         {
             // The hot key was filled long ago with a long TTL: it expires now.
-            cache.insert(0, he);
+            hot_expired = true;
+            cache.insert(0, (0, he));
         }
         let mut ops = Vec::new();
         let mut tt = t + MS / 2;
         let get_ms = if cache_down { 1000.0 } else { 0.6 + rng.f64() * 0.6 };
         let get_end = tt + (get_ms * MS as f64) as u64;
-        let hit = !cache_down && cache.get(&key).is_some_and(|e| *e > tt);
+        let hit = !cache_down && cache.get(&key).is_some_and(|e| e.0 <= tt && e.1 > tt);
         ops.push(Op::Get { start: tt, end: get_end, failed: cache_down });
         tt = get_end;
         let mut recomputed = false;
+        let mut pool_timeout = false;
         let g = gauges.entry(t / S).or_insert_with(|| Gauges { t: t / S * S, pool_max: spec.pool, ..Default::default() });
         if hit {
             g.hits += 1;
@@ -346,22 +372,37 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                         ops.push(Op::Lock { start: tt, end: tt + MS / 2 });
                         tt += MS / 2;
                     }
-                    let (qs, qe) = db.query(tt, spec.recompute_work * if key == 0 { spec.hot_key_work } else { 1.0 }, rng);
-                    ops.push(Op::Query {
-                        start: qs,
-                        end: qe,
-                        statement: "SELECT p.*, s.quantity FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1",
-                    });
-                    tt = qe;
-                    if !cache_down {
-                        ops.push(Op::Set { start: tt, end: tt + MS / 2 });
-                        let jitter = if spec.ttl_jitter > 0.0 {
-                            (rng.f64() * spec.ttl_jitter * ttl as f64) as u64
-                        } else {
-                            0
-                        };
-                        cache.insert(key, tt + ttl + jitter);
-                        tt += MS / 2;
+                    let work = spec.recompute_work * if key == 0 { spec.hot_key_work } else { 1.0 };
+                    let acquire = (spec.pool_timeout_s * S as f64) as u64;
+                    match db.try_query(tt, work, acquire, rng) {
+                        Some((qs, qe)) => {
+                            if qs > tt {
+                                g.pending += 1;
+                            }
+                            ops.push(Op::Query {
+                                start: qs,
+                                end: qe,
+                                statement: "SELECT p.*, s.quantity FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1",
+                            });
+                            tt = qe;
+                            if !cache_down {
+                                ops.push(Op::Set { start: tt, end: tt + MS / 2 });
+                                let jitter = if spec.ttl_jitter > 0.0 {
+                                    (rng.f64() * spec.ttl_jitter * ttl as f64) as u64
+                                } else {
+                                    0
+                                };
+                                cache.insert(key, (tt, tt + ttl + jitter));
+                                tt += MS / 2;
+                            }
+                        }
+                        None => {
+                            // Pool acquire timed out: the request fails
+                            // without touching the database.
+                            g.pending += 1;
+                            tt += acquire;
+                            pool_timeout = true;
+                        }
                     }
                     recomputing.insert(key, tt);
                     recomputed = true;
@@ -370,7 +411,7 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
         }
         tt += ((2.0 + rng.f64() * 6.0) * MS as f64) as u64;
         let timeout = (spec.client_timeout_s * S as f64) as u64;
-        let mut status = 200;
+        let mut status = if pool_timeout { 503 } else { 200 };
         if spec.retries && tt - t > timeout && resend < 3 {
             status = 504;
             retries.push((t + timeout + 50 * MS, key, resend + 1));
@@ -392,11 +433,7 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
             missed: !hit,
         });
     }
-    let mut gv: Vec<Gauges> = gauges.into_values().collect();
-    for g in &mut gv {
-        g.pending = g.pool_used.saturating_sub(spec.pool);
-    }
-    (out, gv)
+    (out, gauges.into_values().collect())
 }
 
 #[cfg(test)]

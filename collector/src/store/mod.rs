@@ -886,6 +886,7 @@ mod tests {
                         value: Some(AnyValue {
                             value: Some(Value::StringValue("shop".into())),
                         }),
+                        ..Default::default()
                     }],
                     ..Default::default()
                 }),

@@ -1,0 +1,127 @@
+//! Metrics of the simulated service, every 10 s of simulation time, as the
+//! OTLP messages real pipelines send: the app's connection-pool instruments
+//! (`db.client.connection.*`, semconv) and the Collector Redis receiver's
+//! cumulative `redis.keyspace.hits` / `redis.keyspace.misses`. The SDK
+//! stamps metric points with the wall clock, so in virtual time these are
+//! built as OTLP directly, with simulation timestamps.
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use crate::sim::Gauges;
+
+/// Export interval of the simulated metric pipelines.
+pub const INTERVAL_NANOS: u64 = 10_000_000_000;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn point(start: u64, time: u64, v: f64, attrs: Vec<KeyValue>) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: attrs,
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        value: Some(number_data_point::Value::AsInt(v.round() as i64)),
+        ..Default::default()
+    }
+}
+
+fn sum(name: &str, unit: &str, monotonic: bool, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: 2,
+            is_monotonic: monotonic,
+        })),
+        ..Default::default()
+    }
+}
+
+/// One export request per interval for one service.
+pub fn requests(
+    service: &str,
+    version: &str,
+    instance: &str,
+    epoch_nanos: u64,
+    gauges: &[Gauges],
+    duration_nanos: u64,
+) -> Vec<ExportMetricsServiceRequest> {
+    let resource = Resource {
+        attributes: vec![
+            kv("service.name", service),
+            kv("service.version", version),
+            kv("service.instance.id", instance),
+        ],
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let (mut hits, mut misses) = (0u64, 0u64);
+    let mut t = INTERVAL_NANOS;
+    let mut i = 0;
+    while t <= duration_nanos {
+        let (mut used, mut pending, mut max) = (0usize, 0usize, 0usize);
+        while i < gauges.len() && gauges[i].t < t {
+            hits += gauges[i].hits;
+            misses += gauges[i].misses;
+            // Pool gauges are read at export time: the last second's values.
+            if gauges[i].t + 1_000_000_000 >= t {
+                used = gauges[i].pool_used;
+                pending = gauges[i].pending;
+            }
+            max = gauges[i].pool_max.max(max);
+            i += 1;
+        }
+        let (start, now) = (epoch_nanos, epoch_nanos + t);
+        let pool = vec![kv("db.client.connection.pool.name", "shop-primary")];
+        let with_state = |state: &str| {
+            let mut a = pool.clone();
+            a.push(kv("db.client.connection.state", state));
+            a
+        };
+        let metrics = vec![
+            sum(
+                "db.client.connection.count",
+                "{connection}",
+                false,
+                vec![
+                    point(start, now, used as f64, with_state("used")),
+                    point(start, now, max.saturating_sub(used) as f64, with_state("idle")),
+                ],
+            ),
+            sum("db.client.connection.max", "{connection}", false, vec![point(start, now, max as f64, pool.clone())]),
+            sum(
+                "db.client.connection.pending_requests",
+                "{request}",
+                false,
+                vec![point(start, now, pending as f64, pool.clone())],
+            ),
+            sum("redis.keyspace.hits", "{hit}", true, vec![point(start, now, hits as f64, vec![])]),
+            sum("redis.keyspace.misses", "{miss}", true, vec![point(start, now, misses as f64, vec![])]),
+        ];
+        out.push(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        t += INTERVAL_NANOS;
+    }
+    out
+}
