@@ -338,15 +338,9 @@ impl Decoder {
                         Some(metric::Data::Histogram(h)) => {
                             let temporality = Temporality::from_otlp(h.aggregation_temporality);
                             for p in &h.data_points {
-                                if !p.bucket_counts.is_empty()
-                                    && p.bucket_counts.len() != p.explicit_bounds.len() + 1
-                                {
-                                    reject(
-                                        &mut batch,
-                                        "histogram bucketCounts must have one more entry than explicitBounds",
-                                    );
-                                    continue;
-                                }
+                                // Kept even when the counts do not match the
+                                // bounds (the protocol's own example does
+                                // that); quantiles skip such points.
                                 push(
                                     &mut batch,
                                     &p.attributes,

@@ -153,6 +153,11 @@ fn decode_proto(bytes: &[u8], hint: Option<&str>, d: &Decoder) -> Result<Batch, 
     }
 }
 
+/// Leading whitespace then `{`: JSON.
+fn looks_like_json(buf: &[u8]) -> bool {
+    buf.iter().copied().find(|b| !b.is_ascii_whitespace()) == Some(b'{')
+}
+
 fn read_varint(r: &mut dyn BufRead) -> io::Result<Option<(u64, u64)>> {
     let mut value = 0u64;
     let mut shift = 0;
@@ -192,7 +197,12 @@ pub fn read_file(
     let mut stats = ReadStats::default();
     let first = {
         let buf = reader.fill_buf().map_err(io)?;
-        buf.iter().copied().find(|b| !b.is_ascii_whitespace())
+        match buf.first() {
+            // Field 1, length-delimited: a single protobuf message (0x0a is
+            // also a newline, so look at it before skipping whitespace).
+            Some(0x0a) if buf.iter().any(|b| !b.is_ascii_whitespace()) && !looks_like_json(buf) => Some(0x0a),
+            _ => buf.iter().copied().find(|b| !b.is_ascii_whitespace()),
+        }
     };
     let mut deliver = |stats: &mut ReadStats, b: Batch| {
         stats.requests += 1;

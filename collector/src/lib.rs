@@ -11,3 +11,5 @@ pub mod live;
 pub mod otlp;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;

