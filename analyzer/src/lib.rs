@@ -16,3 +16,5 @@ pub mod report;
 pub mod slo;
 
 pub use report::{Analyzer, Session};
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
