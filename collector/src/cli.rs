@@ -49,6 +49,9 @@ pub struct DemoArgs {
     /// Stop after the scenario instead of serving on.
     #[arg(long)]
     pub exit_after: bool,
+    /// Compress the scenario's arrivals by this factor (durations are kept).
+    #[arg(long, default_value_t = 2.0)]
+    pub speed: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,7 +130,14 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         scenario.name(),
         running.dashboard_addr
     );
-    let live = herdwatch_samples::live::run(scenario, args.seed, &endpoint, herdwatch_samples::live::Protocol::Grpc);
+    let live = herdwatch_samples::live::run_with(
+        scenario,
+        args.seed,
+        &endpoint,
+        herdwatch_samples::live::Protocol::Grpc,
+        args.speed,
+        herdwatch_samples::EmitOptions::default(),
+    );
     tokio::select! {
         r = live => {
             r.context("scenario generator failed")?;

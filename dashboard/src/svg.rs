@@ -26,7 +26,9 @@ fn esc(s: &str) -> String {
 }
 
 fn nice(v: f64) -> String {
-    if v.abs() >= 1000.0 {
+    if v == 0.0 {
+        "0".to_string()
+    } else if v.abs() >= 1000.0 {
         format!("{:.0}", v)
     } else if v.abs() >= 10.0 {
         format!("{v:.0}")
@@ -63,6 +65,18 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
         let y0 = top + pi as f64 * (panel_h + gap);
         let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
         let vmax = finite.iter().copied().fold(0.0, f64::max).max(1e-9);
+        if finite.is_empty() {
+            let _ = write!(
+                s,
+                r##"<text x="{left}" y="{:.1}" font-weight="600">{} ({})</text><rect x="{left}" y="{y0:.1}" width="{plot_w:.1}" height="{panel_h}" fill="#fafbfc" stroke="#d5d9e0"/><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#6b7385">not in this telemetry</text>"##,
+                y0 - 5.0,
+                esc(p.label),
+                esc(p.unit),
+                left + plot_w / 2.0,
+                y0 + panel_h / 2.0
+            );
+            continue;
+        }
         let _ = write!(
             s,
             r##"<text x="{left}" y="{:.1}" font-weight="600">{} ({})</text><rect x="{left}" y="{y0:.1}" width="{plot_w:.1}" height="{panel_h}" fill="#fafbfc" stroke="#d5d9e0"/>"##,
@@ -99,7 +113,7 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
         );
     }
     let bottom = top + panels.len() as f64 * (panel_h + gap) - gap;
-    for m in markers {
+    for (mi, m) in markers.iter().enumerate() {
         let t = m.t_unix_nano as f64;
         if t < t_min || t > t_max {
             continue;
@@ -110,7 +124,7 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
             r#"<line x1="{x:.1}" x2="{x:.1}" y1="{top}" y2="{bottom:.1}" stroke="{}" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>"#,
             esc(m.color),
             x + 3.0,
-            top + 10.0,
+            top + 10.0 + 12.0 * mi as f64,
             esc(m.color),
             esc(m.label)
         );
@@ -120,6 +134,7 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
     for i in 0..=ticks {
         let t = t_min + (t_max - t_min) * i as f64 / ticks as f64;
         let rel = (t - origin as f64) / 1e9;
+        let rel = if rel.abs() < 0.05 { 0.0 } else { rel };
         let label = if tenths { format!("{rel:+.1}s") } else { format!("{rel:+.0}s") };
         let _ = write!(
             s,
