@@ -153,9 +153,18 @@ mod tests {
     fn commands_classify() {
         assert_eq!(CacheOp::from_command("get", "GET ?"), CacheOp::Lookup);
         assert_eq!(CacheOp::from_command("SETEX", ""), CacheOp::Fill);
-        assert_eq!(CacheOp::from_command("SET", "SET k v EX 300"), CacheOp::Fill);
-        assert_eq!(CacheOp::from_command("SET", "SET lock:k 1 NX PX 500"), CacheOp::Lock);
-        assert_eq!(CacheOp::from_command("SET", "SET ? ? NX PX ?"), CacheOp::Lock);
+        assert_eq!(
+            CacheOp::from_command("SET", "SET k v EX 300"),
+            CacheOp::Fill
+        );
+        assert_eq!(
+            CacheOp::from_command("SET", "SET lock:k 1 NX PX 500"),
+            CacheOp::Lock
+        );
+        assert_eq!(
+            CacheOp::from_command("SET", "SET ? ? NX PX ?"),
+            CacheOp::Lock
+        );
         assert_eq!(CacheOp::from_command("UNLINK", ""), CacheOp::Invalidate);
         assert_eq!(CacheOp::from_command("FLUSHALL", ""), CacheOp::Flush);
         assert_eq!(CacheOp::from_command("add", ""), CacheOp::Fill);

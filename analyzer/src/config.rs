@@ -124,7 +124,10 @@ impl AnalysisConfig {
             ("analysis.pool_saturation_ratio", self.pool_saturation_ratio),
             ("analysis.min_recompute_share", self.min_recompute_share),
             ("analysis.hot_key_share", self.hot_key_share),
-            ("analysis.unavailable_failure_share", self.unavailable_failure_share),
+            (
+                "analysis.unavailable_failure_share",
+                self.unavailable_failure_share,
+            ),
         ];
         for (key, v) in shares {
             if !(0.0..=1.0).contains(&v) {
@@ -192,7 +195,10 @@ impl SloConfig {
             format!(
                 "{}{}: {:.2}% under {} ms",
                 self.service.as_deref().unwrap_or("all services"),
-                self.route.as_deref().map(|r| format!(" {r}")).unwrap_or_default(),
+                self.route
+                    .as_deref()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default(),
                 self.target * 100.0,
                 self.threshold_ms
             )
@@ -201,13 +207,22 @@ impl SloConfig {
 
     pub fn validate(&self, index: usize) -> Result<(), String> {
         if !(self.target > 0.0 && self.target < 1.0) {
-            return Err(format!("slo[{index}].target must be strictly between 0 and 1, got {}", self.target));
+            return Err(format!(
+                "slo[{index}].target must be strictly between 0 and 1, got {}",
+                self.target
+            ));
         }
         if !(self.threshold_ms.is_finite() && self.threshold_ms > 0.0) {
-            return Err(format!("slo[{index}].threshold_ms must be positive, got {}", self.threshold_ms));
+            return Err(format!(
+                "slo[{index}].threshold_ms must be positive, got {}",
+                self.threshold_ms
+            ));
         }
         if !(self.period_days.is_finite() && self.period_days > 0.0) {
-            return Err(format!("slo[{index}].period_days must be positive, got {}", self.period_days));
+            return Err(format!(
+                "slo[{index}].period_days must be positive, got {}",
+                self.period_days
+            ));
         }
         Ok(())
     }
@@ -217,6 +232,9 @@ impl SloConfig {
         slos.iter()
             .filter(|s| s.route.is_none())
             .find(|s| s.service.as_deref() == Some(service))
-            .or_else(|| slos.iter().find(|s| s.service.is_none() && s.route.is_none()))
+            .or_else(|| {
+                slos.iter()
+                    .find(|s| s.service.is_none() && s.route.is_none())
+            })
     }
 }

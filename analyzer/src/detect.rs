@@ -7,13 +7,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::config::AnalysisConfig;
 use crate::incident::{
-    Evidence, Exemplar, Exemplars, Incident, Kind, KeyHerd, Onsets, TimelinePoint,
+    Evidence, Exemplar, Exemplars, Incident, KeyHerd, Kind, Onsets, TimelinePoint,
 };
 use crate::mitigate::{self, peak_concurrency};
-use crate::model::{hex, Sym};
+use crate::model::{Sym, hex};
 use crate::shape::{Facts, Outcome, RecomputeFact};
 use crate::signals::ServiceSeries;
-use crate::slo::{budget_consumed, BurnSeries};
+use crate::slo::{BurnSeries, budget_consumed};
 use crate::stats::{mad, median};
 
 /// Per-bucket flags of one service.
@@ -62,7 +62,9 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         f.db_p95_baseline[b] = db_base;
         let pv: Vec<f64> = p95.iter().copied().collect();
         f.p95_baseline[b] = median(&pv);
-        let pool = k.pool_ratio().is_some_and(|r| r >= config.pool_saturation_ratio);
+        let pool = k
+            .pool_ratio()
+            .is_some_and(|r| r >= config.pool_saturation_ratio);
         let pending = k.pending.is_some_and(|p| p > 0.0);
         let at_pool = k.pool_max.is_some_and(|m| m > 0.0 && k.db_inflight >= m);
         let slow_db = dv.len() >= 5
@@ -104,7 +106,10 @@ pub struct Episode {
 
 pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
     let n = f.burst.len();
-    let calm_needed = config.calm_buckets_to_close.max(config.merge_gap_buckets).max(1);
+    let calm_needed = config
+        .calm_buckets_to_close
+        .max(config.merge_gap_buckets)
+        .max(1);
     let mut out = Vec::new();
     let mut cur: Option<(usize, usize)> = None;
     for b in 0..n {
@@ -135,8 +140,8 @@ pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
 
 fn first_run(v: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize> {
     let mut run = 0;
-    for b in from..to {
-        if v[b] {
+    for (b, &flag) in v.iter().enumerate().take(to).skip(from) {
+        if flag {
             run += 1;
             if run >= min_len {
                 return Some(b + 1 - run);
@@ -151,7 +156,11 @@ fn first_run(v: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize
 /// Stable id from what defines an incident.
 pub fn incident_id(service: &str, kind: Kind, onset: u64) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in service.bytes().chain(kind.as_str().bytes()).chain(onset.to_le_bytes()) {
+    for b in service
+        .bytes()
+        .chain(kind.as_str().bytes())
+        .chain(onset.to_le_bytes())
+    {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
@@ -160,7 +169,8 @@ pub fn incident_id(service: &str, kind: Kind, onset: u64) -> String {
 
 /// Per key: recomputes and the herd (most in flight at once), largest first.
 pub fn key_herds(recomputes: &[&RecomputeFact]) -> Vec<KeyHerd> {
-    let mut by_key: HashMap<&str, (Sym, Vec<(u64, u64)>)> = HashMap::new();
+    type Intervals = Vec<(u64, u64)>;
+    let mut by_key: HashMap<&str, (Sym, Intervals)> = HashMap::new();
     for r in recomputes {
         by_key
             .entry(&r.key)
@@ -206,7 +216,11 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
     let tol = ((config.lead_tolerance_seconds / bs).round() as usize).max(1);
     let burn = BurnSeries::new(
         &series.buckets.iter().map(|b| b.bad).collect::<Vec<_>>(),
-        &series.buckets.iter().map(|b| b.requests).collect::<Vec<_>>(),
+        &series
+            .buckets
+            .iter()
+            .map(|b| b.requests)
+            .collect::<Vec<_>>(),
         bs,
         series.slo.target,
     );
@@ -223,7 +237,11 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
         if sat.is_none() && sat_measurable {
             continue;
         }
-        let first = [burst, sat, Some(spike)].into_iter().flatten().min().unwrap_or(spike);
+        let first = [burst, sat, Some(spike)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(spike);
         let window = first..ep.end;
         let db_ms: f64 = series.buckets[window.clone()].iter().map(|b| b.db_ms).sum();
         let rc_ms: f64 = series.buckets[window.clone()]
@@ -231,11 +249,13 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .map(|b| b.recompute_db_ms)
             .sum();
         let share = (series.coverage.db_spans && db_ms > 0.0).then(|| rc_ms / db_ms);
-        let leads = burst.is_some_and(|b| {
-            sat.is_none_or(|s| b <= s + tol) && b <= spike + tol
-        });
+        let leads = burst.is_some_and(|b| sat.is_none_or(|s| b <= s + tol) && b <= spike + tol);
         let stampede = leads && share.is_none_or(|s| s >= config.min_recompute_share);
-        let onset_b = if stampede { burst.unwrap_or(first) } else { first };
+        let onset_b = if stampede {
+            burst.unwrap_or(first)
+        } else {
+            first
+        };
         let from_t = series.time_of(onset_b);
         let end_b = ep.end;
         let to_t = series.time_of(end_b);
@@ -253,8 +273,15 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .iter()
             .filter(|l| &l.service == service && in_window(l.t))
             .collect();
-        let misses: Vec<_> = lookups.iter().copied().filter(|l| l.outcome != Outcome::Hit).collect();
-        let failed = lookups.iter().filter(|l| l.outcome == Outcome::Failed).count() as u64;
+        let misses: Vec<_> = lookups
+            .iter()
+            .copied()
+            .filter(|l| l.outcome != Outcome::Hit)
+            .collect();
+        let failed = lookups
+            .iter()
+            .filter(|l| l.outcome == Outcome::Failed)
+            .count() as u64;
         let requests: Vec<_> = facts
             .requests
             .iter()
@@ -284,7 +311,8 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             *e = (*e).max(fill.t);
         }
         let fill_times: Vec<f64> = last_fill.values().map(|t| *t as f64 / 1e9).collect();
-        let (fill_cluster, fill_spread) = fill_cluster(&fill_times, config.sync_fill_spread_seconds);
+        let (fill_cluster, fill_spread) =
+            fill_cluster(&fill_times, config.sync_fill_spread_seconds);
         let ttl_estimate = (!fill_times.is_empty()).then(|| {
             let first_miss: HashMap<&Sym, u64> = misses.iter().fold(HashMap::new(), |mut m, l| {
                 let e = m.entry(&l.key).or_insert(l.t);
@@ -328,18 +356,28 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             }
         }
         let peak_b = (onset_b..end_b)
-            .max_by(|&a, &b| series.buckets[a].p95_ms.total_cmp(&series.buckets[b].p95_ms))
+            .max_by(|&a, &b| {
+                series.buckets[a]
+                    .p95_ms
+                    .total_cmp(&series.buckets[b].p95_ms)
+            })
             .unwrap_or(spike);
         if severity == crate::slo::Severity::Info {
             worst_b = peak_b;
         }
         let (_, burns) = burn.severity_at(worst_b);
         let bad: f64 = series.buckets[onset_b..end_b].iter().map(|b| b.bad).sum();
-        let win_requests: f64 = series.buckets[onset_b..end_b].iter().map(|b| b.requests).sum();
+        let win_requests: f64 = series.buckets[onset_b..end_b]
+            .iter()
+            .map(|b| b.requests)
+            .sum();
         let before_b = onset_b.saturating_sub(1);
         let window_buckets = &series.buckets[onset_b..end_b];
         let miss_rate_peak = window_buckets.iter().map(|b| b.misses).fold(0.0, f64::max) / bs;
-        let miss_ratio_peak = window_buckets.iter().map(|b| b.miss_ratio()).fold(0.0, f64::max);
+        let miss_ratio_peak = window_buckets
+            .iter()
+            .map(|b| b.miss_ratio())
+            .fold(0.0, f64::max);
         let pre: Vec<&crate::signals::Bucket> = series.buckets[onset_b.saturating_sub(60)..onset_b]
             .iter()
             .filter(|b| b.lookups > 0.0)
@@ -382,9 +420,15 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             top_keys,
             pool_use_peak: pool_peak,
             pending_peak,
-            db_inflight_peak: window_buckets.iter().map(|b| b.db_inflight).fold(0.0, f64::max),
+            db_inflight_peak: window_buckets
+                .iter()
+                .map(|b| b.db_inflight)
+                .fold(0.0, f64::max),
             db_p95_before_ms: nan0(f.db_p95_baseline[onset_b]),
-            db_p95_peak_ms: window_buckets.iter().map(|b| b.db_p95_ms).fold(0.0, f64::max),
+            db_p95_peak_ms: window_buckets
+                .iter()
+                .map(|b| b.db_p95_ms)
+                .fold(0.0, f64::max),
             recompute_share: share,
             p95_before_ms: nan0(f.p95_baseline[before_b.min(n - 1)]),
             p95_peak_ms: series.buckets[peak_b].p95_ms,
@@ -406,7 +450,11 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
         };
         if !series.coverage.cache_spans {
             evidence.misses = window_buckets.iter().map(|b| b.misses).sum::<f64>().round() as u64;
-            evidence.lookups = window_buckets.iter().map(|b| b.lookups).sum::<f64>().round() as u64;
+            evidence.lookups = window_buckets
+                .iter()
+                .map(|b| b.lookups)
+                .sum::<f64>()
+                .round() as u64;
         }
         let cause = cause_sentence(kind, &evidence, service);
         let confidence = confidence(kind, &evidence, leads, series, config);
@@ -464,7 +512,10 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .iter()
             .filter(|r| &r.service == service && r.start < lead_t)
         {
-            base_rc.entry(r.group.clone()).or_default().push((r.end - r.start) as f64);
+            base_rc
+                .entry(r.group.clone())
+                .or_default()
+                .push((r.end - r.start) as f64);
         }
         let baseline_recompute = base_rc
             .into_iter()
@@ -561,7 +612,12 @@ fn pct(x: f64) -> String {
 pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
     let share = e
         .recompute_share
-        .map(|s| format!("; {} of database time in the window was recomputing missed keys", pct(s)))
+        .map(|s| {
+            format!(
+                "; {} of database time in the window was recomputing missed keys",
+                pct(s)
+            )
+        })
         .unwrap_or_default();
     let top = e.top_keys.first();
     match kind {
@@ -618,16 +674,22 @@ fn confidence(
         c += match kind {
             Kind::HotKeyExpiry => 0.15 * (e.herd_max as f64 / 20.0).min(1.0),
             Kind::SynchronizedExpiry => {
-                let keys = (e.distinct_keys_recomputed as f64 / (2.0 * config.sync_min_keys as f64)).min(1.0);
+                let keys = (e.distinct_keys_recomputed as f64
+                    / (2.0 * config.sync_min_keys as f64))
+                    .min(1.0);
                 0.1 * keys + 0.05 * e.fill_cluster_share.unwrap_or(0.0)
             }
             Kind::ColdCache => 0.15,
-            Kind::CacheUnavailable => 0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0),
+            Kind::CacheUnavailable => {
+                0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0)
+            }
             Kind::DbSaturation => 0.0,
         };
     } else {
         c += 0.2 + e.recompute_share.map_or(0.0, |s| 0.2 * (1.0 - s));
-        if e.pool_use_peak.is_some_and(|p| p >= config.pool_saturation_ratio) {
+        if e.pool_use_peak
+            .is_some_and(|p| p >= config.pool_saturation_ratio)
+        {
             c += 0.1;
         }
     }

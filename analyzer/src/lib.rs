@@ -4,16 +4,16 @@
 
 pub mod classify;
 pub mod config;
-pub mod metrics;
-pub mod model;
-pub mod shape;
-pub mod signals;
-pub mod stats;
 pub mod detect;
 pub mod incident;
+pub mod metrics;
 pub mod mitigate;
+pub mod model;
 pub mod report;
+pub mod shape;
+pub mod signals;
 pub mod slo;
+pub mod stats;
 
 pub use report::{Analyzer, Session};
 #[cfg(feature = "testsuite")]

@@ -192,7 +192,9 @@ pub fn bucket_metrics(
             let mut values: Vec<Option<f64>> = vec![None; n];
             for (i, p) in pts.iter().enumerate() {
                 let Some(v) = scalar(&p.value) else { continue };
-                let Some(b) = bucket_of(p.time_unix_nano) else { continue };
+                let Some(b) = bucket_of(p.time_unix_nano) else {
+                    continue;
+                };
                 let until = pts
                     .get(i + 1)
                     .map(|q| q.time_unix_nano)
@@ -217,7 +219,10 @@ pub fn bucket_metrics(
                     });
                 }
             }
-            if matches!(kind, GaugeKind::PoolUsed | GaugeKind::PoolMax | GaugeKind::Pending) {
+            if matches!(
+                kind,
+                GaugeKind::PoolUsed | GaugeKind::PoolMax | GaugeKind::Pending
+            ) {
                 mb.has_pool = true;
             }
         } else if let Some(kind) = sum_kind(&first.name) {
@@ -232,7 +237,11 @@ pub fn bucket_metrics(
                 .iter()
                 .filter_map(|p| scalar(&p.value).map(|v| (p.start_unix_nano, p.time_unix_nano, v)))
                 .collect();
-            let deltas = if cumulative { cumulative_deltas(&raw) } else { raw };
+            let deltas = if cumulative {
+                cumulative_deltas(&raw)
+            } else {
+                raw
+            };
             let target = match kind {
                 SumKind::Hits => &mut mb.cache_hits,
                 SumKind::Misses => &mut mb.cache_misses,
@@ -266,7 +275,11 @@ pub fn bucket_metrics(
                     1.0
                 };
                 let bounds_s: Arc<[f64]> = bounds.iter().map(|b| b * scale).collect();
-                if mb.latency_bounds.as_ref().is_some_and(|b| b.len() != bounds_s.len()) {
+                if mb
+                    .latency_bounds
+                    .as_ref()
+                    .is_some_and(|b| b.len() != bounds_s.len())
+                {
                     continue; // One bounds layout per service.
                 }
                 mb.latency_bounds.get_or_insert_with(|| bounds_s.clone());
@@ -332,7 +345,10 @@ mod tests {
     fn cumulative_deltas_handle_resets() {
         let pts = [(1, 10, 5.0), (1, 20, 8.0), (25, 30, 2.0), (25, 40, 6.0)];
         let d = cumulative_deltas(&pts);
-        assert_eq!(d, vec![(1, 10, 5.0), (10, 20, 3.0), (25, 30, 2.0), (30, 40, 4.0)]);
+        assert_eq!(
+            d,
+            vec![(1, 10, 5.0), (10, 20, 3.0), (25, 30, 2.0), (30, 40, 4.0)]
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn fmt_n(x: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -136,7 +136,8 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
     let concurrent_before = peak_concurrency(ctx.recomputes.iter().map(|r| (r.start, r.end)));
 
     if stampede && ev.herd_max > 1 && recomputes_before > 0 {
-        let (after, concurrent_after) = replay_single_flight(&ctx.recomputes, &ctx.baseline_recompute);
+        let (after, concurrent_after) =
+            replay_single_flight(&ctx.recomputes, &ctx.baseline_recompute);
         out.push((
             10,
             Mitigation {
@@ -306,7 +307,10 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
     if stampede && gets.len() > 1 {
         let mut by_path: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
         for r in &gets {
-            by_path.entry(&r.url_path).or_default().push((r.start, r.end));
+            by_path
+                .entry(&r.url_path)
+                .or_default()
+                .push((r.start, r.end));
         }
         let mut origin = 0u64;
         for v in by_path.values_mut() {
@@ -368,7 +372,9 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
     }
     // Pool limiter / circuit breaker: cap concurrent database operations.
     if !ctx.db_ops.is_empty() {
-        let cap = ctx.pool_max.unwrap_or_else(|| (ev.db_inflight_peak / 4.0).ceil().max(1.0));
+        let cap = ctx
+            .pool_max
+            .unwrap_or_else(|| (ev.db_inflight_peak / 4.0).ceil().max(1.0));
         let mut ops: Vec<(u64, u64)> = ctx.db_ops.iter().map(|d| (d.start, d.end)).collect();
         ops.sort();
         let mut ends: std::collections::BinaryHeap<std::cmp::Reverse<u64>> = Default::default();

@@ -289,7 +289,10 @@ impl MetricPoint {
 
     /// The identity of the series this point belongs to.
     pub fn series_key(&self) -> String {
-        let mut key = format!("{}|{}|{}", self.resource.service, self.resource.instance, self.name);
+        let mut key = format!(
+            "{}|{}|{}",
+            self.resource.service, self.resource.instance, self.name
+        );
         for (k, v) in &self.attributes {
             key.push('|');
             key.push_str(k);

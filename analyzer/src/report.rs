@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use crate::config::{AnalysisConfig, SloConfig};
 use crate::detect::{self, ServiceInput};
-use crate::incident::{InputSummary, Report, ServiceSummary, SCHEMA_VERSION};
+use crate::incident::{InputSummary, Report, SCHEMA_VERSION, ServiceSummary};
 use crate::model::{Batch, LogMarker, MetricPoint};
 use crate::shape::TraceAssembler;
 use crate::signals::{self, ServiceSeries, SignalError};
-use crate::slo::{budget_consumed, burn_rate, BurnSeries};
+use crate::slo::{BurnSeries, budget_consumed, burn_rate};
 
 /// Analysis settings shared by every session.
 #[derive(Debug, Clone)]
@@ -112,7 +112,12 @@ impl Session {
             let burn = BurnSeries::new(&[], &[], config.bucket_seconds, s.slo.target);
             let _ = burn;
             let n = s.buckets.len();
-            let b = BurnSeries::new(&vec![0.0; n], &vec![0.0; n], config.bucket_seconds, s.slo.target);
+            let b = BurnSeries::new(
+                &vec![0.0; n],
+                &vec![0.0; n],
+                config.bucket_seconds,
+                s.slo.target,
+            );
             if let Some(note) = b.scaling_note() {
                 notes.push(note);
             }
@@ -177,7 +182,12 @@ pub fn summary(s: &ServiceSeries) -> ServiceSummary {
         service: s.service.to_string(),
         miss_ratio: if lookups > 0.0 { misses / lookups } else { 0.0 },
         pool_use: last.iter().rev().find_map(|b| b.pool_ratio()),
-        p95_ms: last.iter().rev().find(|b| b.requests > 0.0).map(|b| b.p95_ms).unwrap_or(0.0),
+        p95_ms: last
+            .iter()
+            .rev()
+            .find(|b| b.requests > 0.0)
+            .map(|b| b.p95_ms)
+            .unwrap_or(0.0),
         burn_rate: burn_rate(bad, requests, s.slo.target),
         requests_per_s: requests / (last.len() as f64 * bs).max(bs),
         slo: s.slo.display_name(),
@@ -185,9 +195,15 @@ pub fn summary(s: &ServiceSeries) -> ServiceSummary {
         slo_threshold_ms: s.slo.threshold_ms,
         burn_rates,
         budget_remaining: 1.0 - budget_consumed(total_bad, rps, s.slo.target, s.slo.period_days),
-        spark_miss_ratio: downsample(&s.buckets.iter().map(|b| b.miss_ratio()).collect::<Vec<_>>(), 120),
+        spark_miss_ratio: downsample(
+            &s.buckets.iter().map(|b| b.miss_ratio()).collect::<Vec<_>>(),
+            120,
+        ),
         spark_pool_use: downsample(
-            &s.buckets.iter().map(|b| b.pool_ratio().unwrap_or(0.0)).collect::<Vec<_>>(),
+            &s.buckets
+                .iter()
+                .map(|b| b.pool_ratio().unwrap_or(0.0))
+                .collect::<Vec<_>>(),
             120,
         ),
         spark_p95_ms: downsample(&s.buckets.iter().map(|b| b.p95_ms).collect::<Vec<_>>(), 120),
@@ -259,7 +275,9 @@ pub fn render_text(r: &Report) -> String {
             "  onset {}  peak {}  end {}",
             rfc3339(i.onset_unix_nano),
             rfc3339(i.peak_unix_nano),
-            i.end_unix_nano.map(rfc3339).unwrap_or_else(|| "open".into())
+            i.end_unix_nano
+                .map(rfc3339)
+                .unwrap_or_else(|| "open".into())
         );
         let _ = writeln!(o, "  evidence:");
         let _ = writeln!(
@@ -276,7 +294,11 @@ pub fn render_text(r: &Report) -> String {
             e.recomputes, e.distinct_keys_recomputed, e.duplicate_ratio, e.herd_max
         );
         for k in &e.top_keys {
-            let _ = writeln!(o, "      {:<40} {:>6} recomputes, herd {}", k.key, k.recomputes, k.herd);
+            let _ = writeln!(
+                o,
+                "      {:<40} {:>6} recomputes, herd {}",
+                k.key, k.recomputes, k.herd
+            );
         }
         if let Some(p) = e.pool_use_peak {
             let _ = writeln!(o, "    pool use peak     {:.0} %", p * 100.0);
@@ -289,14 +311,23 @@ pub fn render_text(r: &Report) -> String {
                 s * 100.0
             );
         }
-        let _ = writeln!(o, "    P95               {:.0} ms before → {:.0} ms peak", e.p95_before_ms, e.p95_peak_ms);
+        let _ = writeln!(
+            o,
+            "    P95               {:.0} ms before → {:.0} ms peak",
+            e.p95_before_ms, e.p95_peak_ms
+        );
         let burns: Vec<String> = e
             .burn_rates
             .iter()
             .map(|w| format!("{} {:.1}", w.window, w.burn_rate))
             .collect();
         let _ = writeln!(o, "    burn rates        {}", burns.join(", "));
-        let _ = writeln!(o, "    error budget      {:.2} % of the period's budget consumed ({})", e.budget_consumed * 100.0, e.slo);
+        let _ = writeln!(
+            o,
+            "    error budget      {:.2} % of the period's budget consumed ({})",
+            e.budget_consumed * 100.0,
+            e.slo
+        );
         if let Some(m) = &e.marker {
             let _ = writeln!(o, "    marker            {m}");
         }
@@ -304,7 +335,12 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(o, "    not seen          {g}");
         }
         if !i.exemplars.worst_requests.is_empty() {
-            let ids: Vec<&str> = i.exemplars.worst_requests.iter().map(|x| x.trace_id.as_str()).collect();
+            let ids: Vec<&str> = i
+                .exemplars
+                .worst_requests
+                .iter()
+                .map(|x| x.trace_id.as_str())
+                .collect();
             let _ = writeln!(o, "  exemplar traces: {}", ids.join(" "));
         }
         let _ = writeln!(o, "  mitigations:");
@@ -327,6 +363,9 @@ mod tests {
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_700_000_000_123_000_000), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            rfc3339(1_700_000_000_123_000_000),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::classify::{self, CacheOp, Role};
 use crate::config::AnalysisConfig;
-use crate::model::{MarkerKind, Sym, SpanRow, StatusCode};
+use crate::model::{MarkerKind, SpanRow, StatusCode, Sym};
 
 /// How a lookup's outcome was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,10 @@ impl Facts {
         }
         let mut nodes: HashMap<Sym, Vec<(u64, Sym)>> = HashMap::new();
         for ((service, addr), t) in &self.cache_nodes {
-            nodes.entry(service.clone()).or_default().push((*t, addr.clone()));
+            nodes
+                .entry(service.clone())
+                .or_default()
+                .push((*t, addr.clone()));
         }
         for (service, mut v) in nodes {
             v.sort();
@@ -245,10 +248,13 @@ impl TraceAssembler {
         e.1 = e.1.max(span.start_unix_nano);
         self.watermark = self.watermark.max(span.end_unix_nano);
         let end = span.end_unix_nano;
-        let p = self.pending.entry(span.trace_id).or_insert_with(|| Pending {
-            spans: Vec::new(),
-            last_end: 0,
-        });
+        let p = self
+            .pending
+            .entry(span.trace_id)
+            .or_insert_with(|| Pending {
+                spans: Vec::new(),
+                last_end: 0,
+            });
         p.last_end = p.last_end.max(end);
         p.spans.push(span);
         self.since_sweep += 1;
@@ -290,8 +296,11 @@ impl TraceAssembler {
         spans.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
         let config = self.config.clone();
         let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
-        let by_id: HashMap<[u8; 8], usize> =
-            spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        let by_id: HashMap<[u8; 8], usize> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.span_id, i))
+            .collect();
         let requests: Vec<usize> = (0..spans.len())
             .filter(|&i| roles[i] == Role::Request)
             .collect();
@@ -615,7 +624,10 @@ mod tests {
         let f = a.finish();
         assert_eq!(f.lookups.len(), 2);
         let miss = f.lookups.iter().find(|l| &*l.key == "/product/42").unwrap();
-        assert_eq!((miss.outcome, miss.evidence), (Outcome::Miss, Evidence::TraceShape));
+        assert_eq!(
+            (miss.outcome, miss.evidence),
+            (Outcome::Miss, Evidence::TraceShape)
+        );
         assert_eq!(&*miss.group, "/product/{id}");
         let hit = f.lookups.iter().find(|l| &*l.key == "/product/7").unwrap();
         assert_eq!(hit.outcome, Outcome::Hit);

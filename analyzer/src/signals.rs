@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use polars::prelude::*;
 
 use crate::config::{AnalysisConfig, SloConfig};
-use crate::metrics::{bucket_metrics, MetricBuckets};
+use crate::metrics::{MetricBuckets, bucket_metrics};
 use crate::model::{MetricPoint, Sym};
 use crate::shape::{Facts, Outcome};
 use crate::stats;
@@ -130,11 +130,14 @@ impl Coverage {
             });
         }
         if !self.db_spans {
-            g.push("no database spans: the recompute share of database time cannot be measured".into());
+            g.push(
+                "no database spans: the recompute share of database time cannot be measured".into(),
+            );
         }
         if !self.request_spans {
             g.push(if self.latency_metrics {
-                "no request spans: latency comes from http.server.request.duration histograms".to_string()
+                "no request spans: latency comes from http.server.request.duration histograms"
+                    .to_string()
             } else {
                 "no request spans or latency histograms: latency cannot be seen".to_string()
             });
@@ -188,9 +191,15 @@ pub fn request_plan(lf: LazyFrame, t0: u64, width: u64) -> LazyFrame {
         .group_by([col(SERVICE), col(BUCKET)])
         .agg([
             len().cast(DataType::Float64).alias(REQUESTS),
-            col(DUR_MS).quantile(lit(0.5), QuantileMethod::Linear).alias(P50),
-            col(DUR_MS).quantile(lit(0.95), QuantileMethod::Linear).alias(P95),
-            col(DUR_MS).quantile(lit(0.99), QuantileMethod::Linear).alias(P99),
+            col(DUR_MS)
+                .quantile(lit(0.5), QuantileMethod::Linear)
+                .alias(P50),
+            col(DUR_MS)
+                .quantile(lit(0.95), QuantileMethod::Linear)
+                .alias(P95),
+            col(DUR_MS)
+                .quantile(lit(0.99), QuantileMethod::Linear)
+                .alias(P99),
             col(BAD).sum().cast(DataType::Float64).alias(BADS),
             col(ERROR).sum().cast(DataType::Float64).alias(ERRORS),
         ])
@@ -202,7 +211,9 @@ pub fn db_plan(lf: LazyFrame, t0: u64, width: u64) -> LazyFrame {
         .group_by([col(SERVICE), col(BUCKET)])
         .agg([
             len().cast(DataType::Float64).alias(DB_OPS),
-            col(DUR_MS).quantile(lit(0.95), QuantileMethod::Linear).alias(DB_P95),
+            col(DUR_MS)
+                .quantile(lit(0.95), QuantileMethod::Linear)
+                .alias(DB_P95),
             col(DUR_MS).sum().alias(DB_MS),
             col(RC_MS).sum().alias(DB_RC_MS),
         ])
@@ -224,7 +235,12 @@ pub fn inflight_plan(
             [T, DELTA],
             SortMultipleOptions::default().with_maintain_order(true),
         )
-        .with_column(col(DELTA).cum_sum(false).over([col(SERVICE)])?.alias(INFLIGHT));
+        .with_column(
+            col(DELTA)
+                .cum_sum(false)
+                .over([col(SERVICE)])?
+                .alias(INFLIGHT),
+        );
     if per_key {
         lf = lf.with_column(
             col(DELTA)
@@ -235,10 +251,18 @@ pub fn inflight_plan(
     }
     let mut aggs = vec![
         col(INFLIGHT).max().cast(DataType::Float64).alias(max_name),
-        col(INFLIGHT).last().cast(DataType::Float64).alias(last_name),
+        col(INFLIGHT)
+            .last()
+            .cast(DataType::Float64)
+            .alias(last_name),
     ];
     if per_key {
-        aggs.push(col(KEY_INFLIGHT).max().cast(DataType::Float64).alias(key_max_name));
+        aggs.push(
+            col(KEY_INFLIGHT)
+                .max()
+                .cast(DataType::Float64)
+                .alias(key_max_name),
+        );
         aggs.push(
             col(DELTA)
                 .gt(lit(0))
@@ -303,12 +327,20 @@ pub fn build(
             .unwrap_or_default()
     };
     let mut slo_cache: HashMap<Sym, SloConfig> = HashMap::new();
-    let mut slo_for = |s: &Sym| slo_cache.entry(s.clone()).or_insert_with(|| threshold_of(s)).clone();
+    let mut slo_for = |s: &Sym| {
+        slo_cache
+            .entry(s.clone())
+            .or_insert_with(|| threshold_of(s))
+            .clone()
+    };
 
     // Frames.
     let lookups = DataFrame::new_infer_height(vec![
         str_col(SERVICE, facts.lookups.iter().map(|l| &*l.service).collect()),
-        Column::new(T.into(), facts.lookups.iter().map(|l| l.t as i64).collect::<Vec<_>>()),
+        Column::new(
+            T.into(),
+            facts.lookups.iter().map(|l| l.t as i64).collect::<Vec<_>>(),
+        ),
         Column::new(
             MISS.into(),
             facts
@@ -333,8 +365,18 @@ pub fn build(
         bad.push((r.error || ms > slo.threshold_ms) as i32);
     }
     let requests = DataFrame::new_infer_height(vec![
-        str_col(SERVICE, facts.requests.iter().map(|r| &*r.service).collect()),
-        Column::new(T.into(), facts.requests.iter().map(|r| r.start as i64).collect::<Vec<_>>()),
+        str_col(
+            SERVICE,
+            facts.requests.iter().map(|r| &*r.service).collect(),
+        ),
+        Column::new(
+            T.into(),
+            facts
+                .requests
+                .iter()
+                .map(|r| r.start as i64)
+                .collect::<Vec<_>>(),
+        ),
         Column::new(
             DUR_MS.into(),
             facts
@@ -346,12 +388,23 @@ pub fn build(
         Column::new(BAD.into(), bad),
         Column::new(
             ERROR.into(),
-            facts.requests.iter().map(|r| r.error as i32).collect::<Vec<_>>(),
+            facts
+                .requests
+                .iter()
+                .map(|r| r.error as i32)
+                .collect::<Vec<_>>(),
         ),
     ])?;
     let db = DataFrame::new_infer_height(vec![
         str_col(SERVICE, facts.db_ops.iter().map(|d| &*d.service).collect()),
-        Column::new(T.into(), facts.db_ops.iter().map(|d| d.start as i64).collect::<Vec<_>>()),
+        Column::new(
+            T.into(),
+            facts
+                .db_ops
+                .iter()
+                .map(|d| d.start as i64)
+                .collect::<Vec<_>>(),
+        ),
         Column::new(
             DUR_MS.into(),
             facts
@@ -365,7 +418,13 @@ pub fn build(
             facts
                 .db_ops
                 .iter()
-                .map(|d| if d.recompute { (d.end - d.start) as f64 / 1e6 } else { 0.0 })
+                .map(|d| {
+                    if d.recompute {
+                        (d.end - d.start) as f64 / 1e6
+                    } else {
+                        0.0
+                    }
+                })
                 .collect::<Vec<_>>(),
         ),
     ])?;
@@ -381,7 +440,12 @@ pub fn build(
         Column::new(T.into(), t),
         Column::new(DELTA.into(), d),
     ])?;
-    let (s, _, t, d) = events(facts.db_ops.iter().map(|o| (&*o.service, None, o.start, o.end)));
+    let (s, _, t, d) = events(
+        facts
+            .db_ops
+            .iter()
+            .map(|o| (&*o.service, None, o.start, o.end)),
+    );
     let db_events = DataFrame::new_infer_height(vec![
         str_col(SERVICE, s),
         Column::new(T.into(), t),
@@ -393,8 +457,20 @@ pub fn build(
         lookup_plan(lookups.lazy(), t0, width),
         request_plan(requests.lazy(), t0, width),
         db_plan(db.lazy(), t0, width),
-        inflight_plan(rc_events.lazy(), t0, width, true, [RC_MAX, RC_LAST, HERD_MAX, RC_STARTS])?,
-        inflight_plan(db_events.lazy(), t0, width, false, [DB_MAX, DB_LAST, "", ""])?,
+        inflight_plan(
+            rc_events.lazy(),
+            t0,
+            width,
+            true,
+            [RC_MAX, RC_LAST, HERD_MAX, RC_STARTS],
+        )?,
+        inflight_plan(
+            db_events.lazy(),
+            t0,
+            width,
+            false,
+            [DB_MAX, DB_LAST, "", ""],
+        )?,
     ];
     let keys = concat(
         parts
@@ -426,7 +502,12 @@ pub fn build(
     let bucket_col = df.column(BUCKET)?.cast(&DataType::Int64)?;
     let bucket_col = bucket_col.i64()?;
     let f = |name: &str| -> PolarsResult<Vec<Option<f64>>> {
-        Ok(df.column(name)?.cast(&DataType::Float64)?.f64()?.iter().collect())
+        Ok(df
+            .column(name)?
+            .cast(&DataType::Float64)?
+            .f64()?
+            .iter()
+            .collect())
     };
     let cols: HashMap<&str, Vec<Option<f64>>> = [
         LOOKUPS, MISSES, FAILURES, REQUESTS, P50, P95, P99, BADS, ERRORS, DB_OPS, DB_P95, DB_MS,
@@ -439,6 +520,7 @@ pub fn build(
     // Keys seen in a bucket's last in-flight value are carried into empty
     // buckets after it (an operation spanning many buckets stays in flight).
     let mut carry: HashMap<Sym, (usize, f64, f64)> = HashMap::new();
+    #[allow(clippy::needless_range_loop)] // `i` indexes several columns at once
     for i in 0..df.height() {
         let (Some(svc), Some(b)) = (svc_col.get(i), bucket_col.get(i)) else {
             continue;
@@ -447,10 +529,7 @@ pub fn build(
             continue;
         }
         let b = b as usize;
-        let service = intern
-            .get(svc)
-            .cloned()
-            .unwrap_or_else(|| Sym::from(svc));
+        let service = intern.get(svc).cloned().unwrap_or_else(|| Sym::from(svc));
         let slo = slo_for(&service);
         let series = out.entry(service.clone()).or_insert_with(|| ServiceSeries {
             service: service.clone(),
@@ -480,7 +559,8 @@ pub fn build(
         bucket.db_p95_ms = get(DB_P95, i);
         bucket.db_ms = get(DB_MS, i);
         bucket.recompute_db_ms = get(DB_RC_MS, i);
-        bucket.recompute_inflight = get(RC_MAX, i).max(rc_last * (cols[RC_MAX][i].is_none() as u8 as f64));
+        bucket.recompute_inflight =
+            get(RC_MAX, i).max(rc_last * (cols[RC_MAX][i].is_none() as u8 as f64));
         bucket.herd = get(HERD_MAX, i);
         bucket.recomputes = get(RC_STARTS, i);
         bucket.db_inflight = get(DB_MAX, i).max(db_last * (cols[DB_MAX][i].is_none() as u8 as f64));
@@ -520,9 +600,8 @@ pub fn build(
     // are shared by every service that has requests.
     let traffic: Vec<Sym> = out.keys().cloned().collect();
     for (svc, mb) in metric_buckets {
-        let targets: Vec<Sym> = if out.contains_key(&svc) || traffic.is_empty() {
-            vec![svc.clone()]
-        } else if mb.has_latency {
+        let own = out.contains_key(&svc) || traffic.is_empty() || mb.has_latency;
+        let targets: Vec<Sym> = if own {
             vec![svc.clone()]
         } else {
             traffic.clone()
@@ -569,9 +648,7 @@ fn merge_metrics(series: &mut ServiceSeries, mb: &MetricBuckets, slo: &SloConfig
             bucket.misses += mb.cache_misses[b];
             bucket.lookups += mb.cache_hits[b] + mb.cache_misses[b];
         }
-        if use_latency_metrics
-            && let Some(bounds) = &mb.latency_bounds
-        {
+        if use_latency_metrics && let Some(bounds) = &mb.latency_bounds {
             let counts = &mb.latency_counts[b];
             if !counts.is_empty() {
                 let total: f64 = counts.iter().sum();

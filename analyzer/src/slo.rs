@@ -91,11 +91,11 @@ pub struct BurnSeries {
 
 pub fn window_name(seconds: f64) -> String {
     let s = seconds.round() as u64;
-    if s % 86400 == 0 {
+    if s.is_multiple_of(86400) {
         format!("{}d", s / 86400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -162,7 +162,10 @@ impl BurnSeries {
             if bl >= rule.threshold && bs >= rule.threshold && rule.severity > severity {
                 severity = rule.severity;
             }
-            for (nominal, used, b) in [(rule.long_seconds, long, bl), (rule.short_seconds, short, bs)] {
+            for (nominal, used, b) in [
+                (rule.long_seconds, long, bl),
+                (rule.short_seconds, short, bs),
+            ] {
                 let name = window_name(nominal);
                 if !burns.iter().any(|w: &WindowBurn| w.window == name) {
                     burns.push(WindowBurn {

@@ -49,7 +49,11 @@ pub fn histogram_quantile(bounds: &[f64], counts: &[f64], q: f64) -> f64 {
                 return bounds.last().copied().unwrap_or(f64::NAN);
             }
             let upper = bounds[i];
-            let lower = if i == 0 { upper.min(0.0) } else { bounds[i - 1] };
+            let lower = if i == 0 {
+                upper.min(0.0)
+            } else {
+                bounds[i - 1]
+            };
             return lower + (upper - lower) * ((rank - cumulative) / c);
         }
         cumulative += c;
@@ -65,7 +69,11 @@ pub fn histogram_count_above(bounds: &[f64], counts: &[f64], threshold: f64) -> 
     }
     let mut above = 0.0;
     for (i, c) in counts.iter().enumerate() {
-        let lower = if i == 0 { 0.0f64.min(bounds.first().copied().unwrap_or(0.0)) } else { bounds[i - 1] };
+        let lower = if i == 0 {
+            0.0f64.min(bounds.first().copied().unwrap_or(0.0))
+        } else {
+            bounds[i - 1]
+        };
         let upper = bounds.get(i).copied().unwrap_or(f64::INFINITY);
         if lower >= threshold {
             above += c;

@@ -57,7 +57,11 @@ pub fn incident(id: &str, label: &str, kind: Kind, onset_s: u64, open: bool) -> 
                 misses_per_s: if (10..30).contains(&i) { 250.0 } else { 3.0 },
                 herd: if (10..30).contains(&i) { 96.0 } else { 1.0 },
                 pool_use: Some(if (11..30).contains(&i) { 1.0 } else { 0.2 }),
-                p95_ms: if (12..30).contains(&i) { 31_000.0 } else { 40.0 },
+                p95_ms: if (12..30).contains(&i) {
+                    31_000.0
+                } else {
+                    40.0
+                },
                 burn_rate: if (12..30).contains(&i) { 90.0 } else { 0.0 },
                 ..TimelinePoint::default()
             })

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -62,7 +62,10 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 
 async fn metrics(State(ops): State<Ops>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         ops.metrics.render(),
     )
         .into_response()
@@ -108,9 +111,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let decoder = Decoder::new(Arc::new(Interner::default()));
     let store_config = config.store.clone();
     let (store_decoder, store_metrics) = (decoder.clone(), metrics.clone());
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, store_decoder, store_metrics))
-        .await
-        .map_err(|e| StoreError::Write(format!("store open task failed: {e}")))??;
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open(store_config, store_decoder, store_metrics)
+    })
+    .await
+    .map_err(|e| StoreError::Write(format!("store open task failed: {e}")))??;
     let ingest = Ingest {
         store: store.clone(),
         decoder,
@@ -154,7 +159,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         let stop = signal(shutdown_rx.clone());
         async move {
             tracing::info!(addr = %http_addr, "otlp http receiver listening");
-            if let Err(e) = axum::serve(http, http_router).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(http, http_router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "otlp http receiver stopped");
             }
         }
@@ -164,7 +172,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         let stop = signal(shutdown_rx.clone());
         async move {
             tracing::info!(addr = %dashboard_addr, "dashboard listening");
-            if let Err(e) = axum::serve(dash, dashboard_router).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(dash, dashboard_router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "dashboard stopped");
             }
         }

@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use herdwatch_analyzer::Analyzer;
 use herdwatch_analyzer::model::Interner;
 use herdwatch_analyzer::slo::Severity;
-use herdwatch_analyzer::Analyzer;
 
-use crate::config::{check_env, Config, LogFormat, Overrides, RawConfig};
+use crate::config::{Config, LogFormat, Overrides, RawConfig, check_env};
 use crate::decode::Decoder;
 use crate::files;
 
 #[derive(Debug, Parser)]
-#[command(name = "herdwatch", version, about = "Finds cache stampedes in OpenTelemetry traces and metrics, and says what to change.")]
+#[command(
+    name = "herdwatch",
+    version,
+    about = "Finds cache stampedes in OpenTelemetry traces and metrics, and says what to change."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -91,7 +95,9 @@ pub struct BadInput(pub String);
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERDWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -117,12 +123,13 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     check_env(std::env::vars().map(|(k, _)| k))?;
     let mut overrides = args.overrides.clone();
     if overrides.data_dir.is_none() {
-        overrides.data_dir = Some(std::env::temp_dir().join(format!("herdwatch-demo-{}", std::process::id())));
+        overrides.data_dir =
+            Some(std::env::temp_dir().join(format!("herdwatch-demo-{}", std::process::id())));
     }
     let config = Config::load(&overrides)?;
     init_logging(config.log_format);
-    let scenario = herdwatch_samples::Scenario::parse(&args.scenario)
-        .map_err(|e| BadInput(e.to_string()))?;
+    let scenario =
+        herdwatch_samples::Scenario::parse(&args.scenario).map_err(|e| BadInput(e.to_string()))?;
     let running = crate::app::start(config).await?;
     let endpoint = format!("http://{}", running.grpc_addr);
     eprintln!(
@@ -156,13 +163,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -177,12 +185,13 @@ async fn shutdown_signal() {
 /// Run `analyze`; returns the process exit code.
 pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     init_logging(LogFormat::Text);
-    let fail_on = match &args.fail_on {
-        Some(s) => Some(Severity::parse(s).ok_or_else(|| {
-            BadInput(format!("--fail-on takes page, ticket or info, not {s:?}"))
-        })?),
-        None => None,
-    };
+    let fail_on =
+        match &args.fail_on {
+            Some(s) => Some(Severity::parse(s).ok_or_else(|| {
+                BadInput(format!("--fail-on takes page, ticket or info, not {s:?}"))
+            })?),
+            None => None,
+        };
     let raw = match &args.config {
         Some(p) => RawConfig::from_file(p).map_err(|e| BadInput(e.to_string()))?,
         None => RawConfig::default(),
@@ -204,7 +213,11 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
             ));
         }
         if stats.rejected_items > 0 {
-            warnings.push(format!("{}: {} invalid item(s) skipped", path.display(), stats.rejected_items));
+            warnings.push(format!(
+                "{}: {} invalid item(s) skipped",
+                path.display(),
+                stats.rejected_items
+            ));
         }
     }
     let mut report = session.finish()?;
@@ -223,7 +236,9 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
         ),
     };
     match &args.output {
-        Some(p) => std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?,
+        Some(p) => {
+            std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?
+        }
         None => print!("{out}"),
     }
     let failed = fail_on.is_some_and(|f| report.incidents.iter().any(|i| i.severity >= f));

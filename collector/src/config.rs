@@ -24,7 +24,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid setting {key}: {message}")]
     Invalid { key: String, message: String },
-    #[error("unknown environment variable {0}; see `herdwatch serve --help` for the HERDWATCH_* variables")]
+    #[error(
+        "unknown environment variable {0}; see `herdwatch serve --help` for the HERDWATCH_* variables"
+    )]
     UnknownEnv(String),
 }
 
@@ -108,7 +110,12 @@ pub struct Overrides {
     #[arg(long, env = "HERDWATCH_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<u64>,
     /// Require `Authorization: Bearer TOKEN` on OTLP and the dashboard.
-    #[arg(long, env = "HERDWATCH_AUTH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERDWATCH_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub auth_token: Option<String>,
     /// fsync each group commit before acknowledging [default: true].
     #[arg(long, env = "HERDWATCH_FSYNC", value_name = "BOOL")]
@@ -248,13 +255,19 @@ impl Config {
         }
         if let Some(v) = store.segment_bytes {
             if v < 4096 {
-                return Err(invalid("store.segment_bytes", format!("must be at least 4096, got {v}")));
+                return Err(invalid(
+                    "store.segment_bytes",
+                    format!("must be at least 4096, got {v}"),
+                ));
             }
             sc.segment_bytes = v;
         }
         if let Some(h) = o.retention_hours.or(store.retention_hours) {
             if !(h.is_finite() && h > 0.0) {
-                return Err(invalid("store.retention_hours", format!("must be positive, got {h}")));
+                return Err(invalid(
+                    "store.retention_hours",
+                    format!("must be positive, got {h}"),
+                ));
             }
             sc.retention_age = Duration::from_secs_f64(h * 3600.0);
         }
@@ -302,9 +315,7 @@ impl Config {
                 ));
             }
         };
-        analysis
-            .validate()
-            .map_err(|m| invalid("analysis", m))?;
+        analysis.validate().map_err(|m| invalid("analysis", m))?;
         let slos = if slo.is_empty() {
             vec![SloConfig::default()]
         } else {
@@ -321,8 +332,16 @@ impl Config {
             ));
         }
         Ok(Self {
-            grpc_listen: addr("server.grpc_listen", o.grpc_listen.clone().or(server.grpc_listen), "0.0.0.0:4317")?,
-            http_listen: addr("server.http_listen", o.http_listen.clone().or(server.http_listen), "0.0.0.0:4318")?,
+            grpc_listen: addr(
+                "server.grpc_listen",
+                o.grpc_listen.clone().or(server.grpc_listen),
+                "0.0.0.0:4317",
+            )?,
+            http_listen: addr(
+                "server.http_listen",
+                o.http_listen.clone().or(server.http_listen),
+                "0.0.0.0:4318",
+            )?,
             dashboard_listen: addr(
                 "server.dashboard_listen",
                 o.dashboard_listen.clone().or(server.dashboard_listen),
@@ -354,7 +373,8 @@ mod tests {
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = RawConfig::parse("[store]\ndata_dri = \"x\"\n", Path::new("h.toml")).unwrap_err();
         assert!(err.to_string().contains("data_dri"), "{err}");
-        let err = RawConfig::parse("[analysis]\nbucket_secs = 2\n", Path::new("h.toml")).unwrap_err();
+        let err =
+            RawConfig::parse("[analysis]\nbucket_secs = 2\n", Path::new("h.toml")).unwrap_err();
         assert!(err.to_string().contains("bucket_secs"), "{err}");
     }
 
@@ -378,7 +398,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let raw = RawConfig::parse("[server]\nlog_format = \"xml\"\n", Path::new("h.toml")).unwrap();
+        let raw =
+            RawConfig::parse("[server]\nlog_format = \"xml\"\n", Path::new("h.toml")).unwrap();
         let err = Config::build(raw, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("server.log_format"), "{err}");
         let raw = RawConfig::parse("[[slo]]\ntarget = 1.5\n", Path::new("h.toml")).unwrap();

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use herdwatch_analyzer::model::{
-    Batch, Interner, LogMarker, MarkerKind, MetricPoint, MetricValue, ResourceInfo, SpanKind,
-    SpanRow, StatusCode, Sym, Temporality, MAX_POINT_ATTRIBUTES,
+    Batch, Interner, LogMarker, MAX_POINT_ATTRIBUTES, MarkerKind, MetricPoint, MetricValue,
+    ResourceInfo, SpanKind, SpanRow, StatusCode, Sym, Temporality,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -284,10 +284,10 @@ impl Decoder {
                         continue;
                     }
                     let push = |batch: &mut Batch,
-                                    attrs: &[KeyValue],
-                                    start: u64,
-                                    time: u64,
-                                    value: MetricValue| {
+                                attrs: &[KeyValue],
+                                start: u64,
+                                time: u64,
+                                value: MetricValue| {
                         let (attributes, dropped) = self.point_attributes(attrs);
                         batch.dropped_attributes += dropped;
                         batch.points.push(MetricPoint {
@@ -505,11 +505,28 @@ fn marker_from_text(text: &str) -> Option<MarkerKind> {
 fn marker_from_body(body: &str) -> Option<MarkerKind> {
     let b = body.to_ascii_lowercase();
     let words = |w: &[&str]| w.iter().any(|w| b.contains(w));
-    if words(&["flushall", "flushdb", "cache flush", "cache flushed", "flushed the cache"]) {
+    if words(&[
+        "flushall",
+        "flushdb",
+        "cache flush",
+        "cache flushed",
+        "flushed the cache",
+    ]) {
         Some(MarkerKind::CacheFlush)
-    } else if words(&["deployed", "deploying", "deployment", "rolled out", "new version"]) {
+    } else if words(&[
+        "deployed",
+        "deploying",
+        "deployment",
+        "rolled out",
+        "new version",
+    ]) {
         Some(MarkerKind::Deploy)
-    } else if words(&["restarted", "restarting", "service started", "starting service"]) {
+    } else if words(&[
+        "restarted",
+        "restarting",
+        "service started",
+        "starting service",
+    ]) {
         Some(MarkerKind::Restart)
     } else {
         None
@@ -622,7 +639,10 @@ mod tests {
         assert_eq!(b.spans.len(), 1);
         assert_eq!(b.rejected, 1);
         let reason = b.reject_reason.unwrap();
-        assert!(reason.contains("spans[1]") && reason.contains("traceId"), "{reason}");
+        assert!(
+            reason.contains("spans[1]") && reason.contains("traceId"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -637,8 +657,14 @@ mod tests {
 
     #[test]
     fn log_markers_by_attribute_and_body() {
-        assert_eq!(marker_from_text("cache.flush"), Some(MarkerKind::CacheFlush));
-        assert_eq!(marker_from_body("Deployed version 1.4.2"), Some(MarkerKind::Deploy));
+        assert_eq!(
+            marker_from_text("cache.flush"),
+            Some(MarkerKind::CacheFlush)
+        );
+        assert_eq!(
+            marker_from_body("Deployed version 1.4.2"),
+            Some(MarkerKind::Deploy)
+        );
         assert_eq!(marker_from_body("user logged in"), None);
     }
 }

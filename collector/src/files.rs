@@ -89,7 +89,10 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, FileError> {
     let mut file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
     let magic = file.fill_buf().map_err(io)?;
     let reader: Box<dyn BufRead> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(file)))
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::bufread::MultiGzDecoder::new(file),
+        ))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(BufReader::with_capacity(
             1 << 20,
@@ -166,7 +169,12 @@ fn read_varint(r: &mut dyn BufRead) -> io::Result<Option<(u64, u64)>> {
         let mut byte = [0u8; 1];
         match r.read(&mut byte)? {
             0 if read == 0 => return Ok(None),
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated length prefix")),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated length prefix",
+                ));
+            }
             _ => {}
         }
         read += 1;
@@ -176,7 +184,10 @@ fn read_varint(r: &mut dyn BufRead) -> io::Result<Option<(u64, u64)>> {
         }
         shift += 7;
         if shift > 63 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "length prefix too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "length prefix too long",
+            ));
         }
     }
 }
@@ -200,7 +211,9 @@ pub fn read_file(
         match buf.first() {
             // Field 1, length-delimited: a single protobuf message (0x0a is
             // also a newline, so look at it before skipping whitespace).
-            Some(0x0a) if buf.iter().any(|b| !b.is_ascii_whitespace()) && !looks_like_json(buf) => Some(0x0a),
+            Some(0x0a) if buf.iter().any(|b| !b.is_ascii_whitespace()) && !looks_like_json(buf) => {
+                Some(0x0a)
+            }
             _ => buf.iter().copied().find(|b| !b.is_ascii_whitespace()),
         }
     };
@@ -254,11 +267,7 @@ pub fn read_file(
                         break;
                     }
                     Err(e) => {
-                        let message = format!(
-                            "invalid OTLP/JSON at `{}`: {}",
-                            e.path(),
-                            e.inner()
-                        );
+                        let message = format!("invalid OTLP/JSON at `{}`: {}", e.path(), e.inner());
                         if strict {
                             return Err(FileError::Line {
                                 path: path.into(),
@@ -288,7 +297,10 @@ pub fn read_file(
         Some(0x0a) => {
             // One protobuf message for the whole file.
             let mut bytes = Vec::new();
-            reader.take(MAX_DOCUMENT).read_to_end(&mut bytes).map_err(io)?;
+            reader
+                .take(MAX_DOCUMENT)
+                .read_to_end(&mut bytes)
+                .map_err(io)?;
             let batch = decode_proto(&bytes, signal_hint(path), decoder).map_err(|message| {
                 FileError::Offset {
                     path: path.into(),
@@ -304,28 +316,30 @@ pub fn read_file(
             let hint = signal_hint(path);
             let mut offset = 0u64;
             let mut frame = Vec::new();
-            loop {
-                let Some((len, prefix)) = read_varint(&mut reader).map_err(|e| FileError::Offset {
+            while let Some((len, prefix)) =
+                read_varint(&mut reader).map_err(|e| FileError::Offset {
                     path: path.into(),
                     offset,
                     message: e.to_string(),
                 })?
-                else {
-                    break;
-                };
+            {
                 if len > MAX_DOCUMENT {
                     return Err(FileError::Offset {
                         path: path.into(),
                         offset,
-                        message: format!("frame length {len} is not plausible: not a length-delimited OTLP file?"),
+                        message: format!(
+                            "frame length {len} is not plausible: not a length-delimited OTLP file?"
+                        ),
                     });
                 }
                 frame.resize(len as usize, 0);
-                reader.read_exact(&mut frame).map_err(|e| FileError::Offset {
-                    path: path.into(),
-                    offset,
-                    message: format!("truncated frame of {len} bytes: {e}"),
-                })?;
+                reader
+                    .read_exact(&mut frame)
+                    .map_err(|e| FileError::Offset {
+                        path: path.into(),
+                        offset,
+                        message: format!("truncated frame of {len} bytes: {e}"),
+                    })?;
                 match decode_proto(&frame, hint, decoder) {
                     Ok(b) => deliver(&mut stats, b),
                     Err(message) if strict => {
@@ -372,7 +386,10 @@ mod tests {
         let text = format!("{LINE}\nnot json\n{LINE}\n");
         let p = tmp("lines.jsonl", text.as_bytes());
         let mut spans = 0;
-        let stats = read_file(&p, &Decoder::default(), false, &mut |b| spans += b.spans.len()).unwrap();
+        let stats = read_file(&p, &Decoder::default(), false, &mut |b| {
+            spans += b.spans.len()
+        })
+        .unwrap();
         assert_eq!((stats.requests, stats.bad, spans), (2, 1, 2));
         assert!(stats.first_error.unwrap().contains(":2:"));
         let err = read_file(&p, &Decoder::default(), true, &mut |_| {}).unwrap_err();
@@ -385,14 +402,20 @@ mod tests {
         let pretty = serde_json::to_string_pretty(&v).unwrap();
         let p = tmp("doc.json", pretty.as_bytes());
         let mut spans = 0;
-        read_file(&p, &Decoder::default(), true, &mut |b| spans += b.spans.len()).unwrap();
+        read_file(&p, &Decoder::default(), true, &mut |b| {
+            spans += b.spans.len()
+        })
+        .unwrap();
         assert_eq!(spans, 1);
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(LINE.as_bytes()).unwrap();
         let p = tmp("lines.jsonl.gz", &gz.finish().unwrap());
         let mut spans = 0;
-        read_file(&p, &Decoder::default(), true, &mut |b| spans += b.spans.len()).unwrap();
+        read_file(&p, &Decoder::default(), true, &mut |b| {
+            spans += b.spans.len()
+        })
+        .unwrap();
         assert_eq!(spans, 1);
 
         let req: ExportTraceServiceRequest = serde_json::from_str(LINE).unwrap();
@@ -401,12 +424,18 @@ mod tests {
         write_delimited(&mut buf, &req).unwrap();
         let p = tmp("traces.pb", &zstd::encode_all(&buf[..], 3).unwrap());
         let mut spans = 0;
-        let stats = read_file(&p, &Decoder::default(), true, &mut |b| spans += b.spans.len()).unwrap();
+        let stats = read_file(&p, &Decoder::default(), true, &mut |b| {
+            spans += b.spans.len()
+        })
+        .unwrap();
         assert_eq!((stats.requests, spans), (2, 2));
 
         let p = tmp("single-traces.pb", &req.encode_to_vec());
         let mut spans = 0;
-        read_file(&p, &Decoder::default(), true, &mut |b| spans += b.spans.len()).unwrap();
+        read_file(&p, &Decoder::default(), true, &mut |b| {
+            spans += b.spans.len()
+        })
+        .unwrap();
         assert_eq!(spans, 1);
     }
 
@@ -420,6 +449,9 @@ mod tests {
         buf.truncate(buf.len() - 5);
         let p = tmp("torn-traces.pb", &buf);
         let err = read_file(&p, &Decoder::default(), false, &mut |_| {}).unwrap_err();
-        assert!(err.to_string().contains(&format!("at byte {first}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("at byte {first}")),
+            "{err}"
+        );
     }
 }

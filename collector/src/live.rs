@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use herdwatch_analyzer::incident::{Incident, ServiceSummary};
 use herdwatch_analyzer::Analyzer;
+use herdwatch_analyzer::incident::{Incident, ServiceSummary};
 use herdwatch_dashboard::{DashboardConfig, Source};
 use tokio::sync::watch;
 
@@ -40,7 +40,11 @@ struct LiveSource(Arc<Inner>);
 
 impl Source for LiveSource {
     fn incidents(&self) -> Vec<Incident> {
-        self.0.incidents.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .incidents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn incident(&self, id: &str) -> Option<Incident> {
         self.0
@@ -52,7 +56,11 @@ impl Source for LiveSource {
             .cloned()
     }
     fn services(&self) -> Vec<ServiceSummary> {
-        self.0.services.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn now_unix_nano(&self) -> u64 {
         self.0.now.load(Ordering::Relaxed)
@@ -67,7 +75,9 @@ pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<Stri
         let tolerance = 120_000_000_000u64;
         let existing = registry.iter_mut().find(|e| {
             e.service == d.service
-                && (e.is_open() || e.end_unix_nano.is_some_and(|end| end + tolerance >= d.onset_unix_nano))
+                && (e.is_open()
+                    || e.end_unix_nano
+                        .is_some_and(|end| end + tolerance >= d.onset_unix_nano))
                 && d.onset_unix_nano + tolerance >= e.onset_unix_nano
                 && e.onset_unix_nano + tolerance >= d.onset_unix_nano
         });
@@ -92,7 +102,7 @@ pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<Stri
             }
         }
     }
-    registry.sort_by(|a, b| b.onset_unix_nano.cmp(&a.onset_unix_nano));
+    registry.sort_by_key(|i| std::cmp::Reverse(i.onset_unix_nano));
     if registry.len() > MAX_INCIDENTS {
         registry.truncate(MAX_INCIDENTS);
     }
@@ -101,7 +111,12 @@ pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<Stri
 
 impl Live {
     /// Load the registry and start the tick loop.
-    pub fn start(config: &Config, store: Store, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn start(
+        config: &Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let path = config.store.dir.join(REGISTRY_FILE);
         let incidents: Vec<Incident> = std::fs::read(&path)
             .ok()
@@ -127,7 +142,10 @@ impl Live {
         });
         let live = Self { inner };
         let analyzer = Analyzer::new(config.analysis.clone(), config.slos.clone());
-        tokio::spawn(live.clone().run(analyzer, store, metrics, config.live_window, shutdown));
+        tokio::spawn(
+            live.clone()
+                .run(analyzer, store, metrics, config.live_window, shutdown),
+        );
         live
     }
 
@@ -161,8 +179,11 @@ impl Live {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
             let stats = store.stats();
-            let Some(latest) = stats.totals.last_unix_nano else { continue };
-            let changed = last_seen != Some((latest, stats.totals.spans, stats.totals.metric_points));
+            let Some(latest) = stats.totals.last_unix_nano else {
+                continue;
+            };
+            let changed =
+                last_seen != Some((latest, stats.totals.spans, stats.totals.metric_points));
             last_seen = Some((latest, stats.totals.spans, stats.totals.metric_points));
             if !changed {
                 continue;
@@ -192,9 +213,17 @@ impl Live {
             metrics.analysis_ticks.add(1);
             metrics.analysis_duration.observe(started.elapsed());
             self.inner.now.store(latest, Ordering::Relaxed);
-            *self.inner.services.write().unwrap_or_else(|e| e.into_inner()) = report.services;
+            *self
+                .inner
+                .services
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = report.services;
             let (opened, resolved, snapshot) = {
-                let mut reg = self.inner.incidents.write().unwrap_or_else(|e| e.into_inner());
+                let mut reg = self
+                    .inner
+                    .incidents
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
                 let (o, r) = merge(&mut reg, report.incidents);
                 metrics
                     .open_incidents

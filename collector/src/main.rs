@@ -13,7 +13,8 @@ fn main() {
         Err(e) => {
             eprintln!("herdwatch: {e:#}");
             let usage = e.downcast_ref::<BadInput>().is_some()
-                || e.downcast_ref::<herdwatch_collector::config::ConfigError>().is_some();
+                || e.downcast_ref::<herdwatch_collector::config::ConfigError>()
+                    .is_some();
             std::process::exit(if usage { 2 } else { 1 });
         }
     }

@@ -99,7 +99,13 @@ impl Histogram {
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
         let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
         let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
     }
@@ -144,7 +150,10 @@ impl Metrics {
         self.request_duration[transport as usize].observe(d);
     }
     pub fn accepted_total(&self, signal: Signal) -> u64 {
-        self.accepted[signal as usize - 1].iter().map(Counter::get).sum()
+        self.accepted[signal as usize - 1]
+            .iter()
+            .map(Counter::get)
+            .sum()
     }
     pub fn refused_total(&self) -> u64 {
         self.refused.iter().map(Counter::get).sum()
@@ -184,7 +193,12 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
             for t in TRANSPORTS {
-                let _ = writeln!(out, "{name}{{transport=\"{}\"}} {}", t.as_str(), c[t as usize].get());
+                let _ = writeln!(
+                    out,
+                    "{name}{{transport=\"{}\"}} {}",
+                    t.as_str(),
+                    c[t as usize].get()
+                );
             }
         };
         per_transport(
@@ -199,7 +213,10 @@ impl Metrics {
             "Request body bytes received, before decompression.",
             &self.bytes_in,
         );
-        let _ = writeln!(out, "# HELP herdwatch_request_duration_seconds Time to handle one export request, durable write included.");
+        let _ = writeln!(
+            out,
+            "# HELP herdwatch_request_duration_seconds Time to handle one export request, durable write included."
+        );
         let _ = writeln!(out, "# TYPE herdwatch_request_duration_seconds histogram");
         for t in TRANSPORTS {
             self.request_duration[t as usize].render(
@@ -213,22 +230,90 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {v}");
         };
-        simple(&mut out, "herdwatch_duplicate_spans_total", "counter", "Spans dropped as duplicates of a stored (trace id, span id).", self.duplicates.get());
-        simple(&mut out, "herdwatch_dropped_attributes_total", "counter", "Attributes received but not used by the analysis.", self.dropped_attributes.get());
-        simple(&mut out, "herdwatch_unmarked_log_records_total", "counter", "Log records counted but not kept (not a deploy, restart or flush marker).", self.other_logs.get());
-        simple(&mut out, "herdwatch_store_bytes", "gauge", "Bytes held in store segments on disk.", self.store_bytes.get());
-        simple(&mut out, "herdwatch_store_segments", "gauge", "Store segments on disk.", self.store_segments.get());
-        simple(&mut out, "herdwatch_store_hot_bytes", "gauge", "Approximate bytes of decoded rows held in memory.", self.hot_bytes.get());
-        simple(&mut out, "herdwatch_store_segments_deleted_total", "counter", "Segments removed by retention.", self.segments_deleted.get());
-        simple(&mut out, "herdwatch_interner_overflow", "gauge", "Distinct strings not interned because the table was full (folded cardinality).", self.interned_overflow.get());
-        simple(&mut out, "herdwatch_analysis_ticks_total", "counter", "Live analysis passes run.", self.analysis_ticks.get());
-        simple(&mut out, "herdwatch_open_incidents", "gauge", "Incidents currently open.", self.open_incidents.get());
-        let _ = writeln!(out, "# HELP herdwatch_fsync_duration_seconds Time of one group commit fsync.");
+        simple(
+            &mut out,
+            "herdwatch_duplicate_spans_total",
+            "counter",
+            "Spans dropped as duplicates of a stored (trace id, span id).",
+            self.duplicates.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_dropped_attributes_total",
+            "counter",
+            "Attributes received but not used by the analysis.",
+            self.dropped_attributes.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_unmarked_log_records_total",
+            "counter",
+            "Log records counted but not kept (not a deploy, restart or flush marker).",
+            self.other_logs.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_store_bytes",
+            "gauge",
+            "Bytes held in store segments on disk.",
+            self.store_bytes.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_store_segments",
+            "gauge",
+            "Store segments on disk.",
+            self.store_segments.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_store_hot_bytes",
+            "gauge",
+            "Approximate bytes of decoded rows held in memory.",
+            self.hot_bytes.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_store_segments_deleted_total",
+            "counter",
+            "Segments removed by retention.",
+            self.segments_deleted.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_interner_overflow",
+            "gauge",
+            "Distinct strings not interned because the table was full (folded cardinality).",
+            self.interned_overflow.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_analysis_ticks_total",
+            "counter",
+            "Live analysis passes run.",
+            self.analysis_ticks.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_open_incidents",
+            "gauge",
+            "Incidents currently open.",
+            self.open_incidents.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herdwatch_fsync_duration_seconds Time of one group commit fsync."
+        );
         let _ = writeln!(out, "# TYPE herdwatch_fsync_duration_seconds histogram");
-        self.fsync_duration.render(&mut out, "herdwatch_fsync_duration_seconds", "");
-        let _ = writeln!(out, "# HELP herdwatch_analysis_duration_seconds Time of one live analysis pass.");
+        self.fsync_duration
+            .render(&mut out, "herdwatch_fsync_duration_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP herdwatch_analysis_duration_seconds Time of one live analysis pass."
+        );
         let _ = writeln!(out, "# TYPE herdwatch_analysis_duration_seconds histogram");
-        self.analysis_duration.render(&mut out, "herdwatch_analysis_duration_seconds", "");
+        self.analysis_duration
+            .render(&mut out, "herdwatch_analysis_duration_seconds", "");
         out
     }
 }
@@ -243,8 +328,12 @@ mod tests {
         m.accepted(Signal::Traces, Transport::Http, 7);
         m.request_duration(Transport::Grpc, Duration::from_millis(3));
         let text = m.render();
-        assert!(text.contains("herdwatch_items_accepted_total{signal=\"traces\",transport=\"http\"} 7"));
-        assert!(text.contains("herdwatch_request_duration_seconds_bucket{transport=\"grpc\",le=\"0.005\"} 1"));
+        assert!(
+            text.contains("herdwatch_items_accepted_total{signal=\"traces\",transport=\"http\"} 7")
+        );
+        assert!(text.contains(
+            "herdwatch_request_duration_seconds_bucket{transport=\"grpc\",le=\"0.005\"} 1"
+        ));
         assert!(text.contains("herdwatch_request_duration_seconds_count{transport=\"grpc\"} 1"));
     }
 }

@@ -17,7 +17,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Config for a collector on 127.0.0.1 with ephemeral ports.
 pub fn loopback_config(data_dir: PathBuf, toml: &str) -> Config {
-    let raw = RawConfig::parse(toml, std::path::Path::new("test.toml")).expect("test config parses");
+    let raw =
+        RawConfig::parse(toml, std::path::Path::new("test.toml")).expect("test config parses");
     let o = Overrides {
         grpc_listen: Some("127.0.0.1:0".into()),
         http_listen: Some("127.0.0.1:0".into()),

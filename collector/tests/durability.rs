@@ -13,7 +13,7 @@ use herdwatch_collector::decode::Decoder;
 use herdwatch_collector::store::{Query, Store, StoreConfig};
 use herdwatch_collector::telemetry::Metrics;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
@@ -25,7 +25,16 @@ struct Server {
 
 fn spawn(dir: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herdwatch"))
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dashboard-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("HERDWATCH_LOG", "warn")
         .stderr(Stdio::piped())
@@ -34,7 +43,10 @@ fn spawn(dir: &std::path::Path) -> Server {
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let http = loop {
-        let line = lines.next().expect("herdwatch printed its addresses").unwrap();
+        let line = lines
+            .next()
+            .expect("herdwatch printed its addresses")
+            .unwrap();
         if let Some(rest) = line.split("OTLP HTTP ").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
@@ -83,7 +95,11 @@ fn stored_ids(dir: &std::path::Path) -> HashSet<[u8; 8]> {
         Arc::new(Metrics::default()),
     )
     .expect("store reopens");
-    store.spans(&Query::all()).iter().map(|s| s.span_id).collect()
+    store
+        .spans(&Query::all())
+        .iter()
+        .map(|s| s.span_id)
+        .collect()
 }
 
 #[test]
@@ -135,7 +151,12 @@ fn acknowledged_spans_survive_sigkill_and_a_torn_tail_is_cut() {
     let acked: HashSet<[u8; 8]> = acked.lock().unwrap().iter().copied().collect();
     let stored = stored_ids(&dir);
     let missing = acked.difference(&stored).count();
-    assert_eq!(missing, 0, "{missing} of {} acknowledged spans lost", acked.len());
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged spans lost",
+        acked.len()
+    );
 
     // Tear the tail: half a record of garbage after the last good one.
     let mut segs: Vec<_> = std::fs::read_dir(&dir)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -80,9 +80,15 @@ impl Filter {
     }
 
     pub fn is_set(&self) -> bool {
-        [&self.service, &self.kind, &self.severity, &self.status, &self.since_minutes]
-            .iter()
-            .any(|v| Self::set(v).is_some())
+        [
+            &self.service,
+            &self.kind,
+            &self.severity,
+            &self.status,
+            &self.since_minutes,
+        ]
+        .iter()
+        .any(|v| Self::set(v).is_some())
     }
 
     pub fn matches(&self, i: &Incident, now: u64) -> bool {
@@ -181,7 +187,11 @@ async fn incidents_page(State(st): State<AppState>, Query(f): Query<Filter>) -> 
     let all = st.source.incidents();
     let mut services: BTreeSet<String> = all.iter().map(|i| i.service.clone()).collect();
     services.extend(st.source.services().into_iter().map(|s| s.service));
-    let rows = all.iter().filter(|i| f.matches(i, now)).map(|i| row(i, now)).collect();
+    let rows = all
+        .iter()
+        .filter(|i| f.matches(i, now))
+        .map(|i| row(i, now))
+        .collect();
     html(&IncidentsPage {
         refresh: true,
         standalone: false,
@@ -194,7 +204,11 @@ async fn incidents_page(State(st): State<AppState>, Query(f): Query<Filter>) -> 
             Kind::CacheUnavailable.as_str(),
             Kind::DbSaturation.as_str(),
         ],
-        severities: vec![Severity::Page.as_str(), Severity::Ticket.as_str(), Severity::Info.as_str()],
+        severities: vec![
+            Severity::Page.as_str(),
+            Severity::Ticket.as_str(),
+            Severity::Info.as_str(),
+        ],
         filter_service: f.service.clone().unwrap_or_default(),
         filter_kind: f.kind.clone().unwrap_or_default(),
         filter_severity: f.severity.clone().unwrap_or_default(),
@@ -238,9 +252,28 @@ struct IncidentPage {
 pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
     let e = &i.evidence;
     let mut v = vec![
-        ("Misses per second".to_string(), format!("{:.1} baseline → {:.1} peak", e.miss_rate_baseline_per_s, e.miss_rate_peak_per_s)),
-        ("Miss ratio".into(), format!("{} → {}", pct(e.miss_ratio_baseline), pct(e.miss_ratio_peak))),
-        ("Recomputes".into(), format!("{} of {} distinct keys (duplicate ratio {:.1})", e.recomputes, e.distinct_keys_recomputed, e.duplicate_ratio)),
+        (
+            "Misses per second".to_string(),
+            format!(
+                "{:.1} baseline → {:.1} peak",
+                e.miss_rate_baseline_per_s, e.miss_rate_peak_per_s
+            ),
+        ),
+        (
+            "Miss ratio".into(),
+            format!(
+                "{} → {}",
+                pct(e.miss_ratio_baseline),
+                pct(e.miss_ratio_peak)
+            ),
+        ),
+        (
+            "Recomputes".into(),
+            format!(
+                "{} of {} distinct keys (duplicate ratio {:.1})",
+                e.recomputes, e.distinct_keys_recomputed, e.duplicate_ratio
+            ),
+        ),
         ("Largest herd".into(), e.herd_max.to_string()),
     ];
     if let Some(s) = e.recompute_share {
@@ -252,9 +285,26 @@ pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
     if let Some(p) = e.pending_peak {
         v.push(("Pending connection requests peak".into(), format!("{p:.0}")));
     }
-    v.push(("Database operations in flight, peak".into(), format!("{:.0}", e.db_inflight_peak)));
-    v.push(("Database P95".into(), format!("{} before → {} peak", fmt_ms(e.db_p95_before_ms), fmt_ms(e.db_p95_peak_ms))));
-    v.push(("Request P95".into(), format!("{} before → {} peak", fmt_ms(e.p95_before_ms), fmt_ms(e.p95_peak_ms))));
+    v.push((
+        "Database operations in flight, peak".into(),
+        format!("{:.0}", e.db_inflight_peak),
+    ));
+    v.push((
+        "Database P95".into(),
+        format!(
+            "{} before → {} peak",
+            fmt_ms(e.db_p95_before_ms),
+            fmt_ms(e.db_p95_peak_ms)
+        ),
+    ));
+    v.push((
+        "Request P95".into(),
+        format!(
+            "{} before → {} peak",
+            fmt_ms(e.p95_before_ms),
+            fmt_ms(e.p95_peak_ms)
+        ),
+    ));
     v.push((
         "Burn rates".into(),
         e.burn_rates
@@ -263,8 +313,18 @@ pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(", "),
     ));
-    v.push(("Error budget consumed".into(), format!("{:.2} % of the period ({})", e.budget_consumed * 100.0, e.slo)));
-    v.push(("Bad requests".into(), format!("{} of {}", e.bad_requests, e.requests)));
+    v.push((
+        "Error budget consumed".into(),
+        format!(
+            "{:.2} % of the period ({})",
+            e.budget_consumed * 100.0,
+            e.slo
+        ),
+    ));
+    v.push((
+        "Bad requests".into(),
+        format!("{} of {}", e.bad_requests, e.requests),
+    ));
     if e.failed_lookups > 0 {
         v.push(("Failed lookups".into(), e.failed_lookups.to_string()));
     }
@@ -297,23 +357,63 @@ fn trace_link(template: &Option<String>, trace_id: &str) -> String {
 pub fn incident_section(i: &Incident, config: &DashboardConfig) -> String {
     let times: Vec<u64> = i.timeline.iter().map(|p| p.t_unix_nano).collect();
     let panels = [
-        svg::Panel { label: "Cache misses", unit: "per s", values: i.timeline.iter().map(|p| p.misses_per_s).collect() },
-        svg::Panel { label: "Herd (recomputes of one key in flight)", unit: "count", values: i.timeline.iter().map(|p| p.herd).collect() },
-        svg::Panel { label: "DB pool use", unit: "%", values: i.timeline.iter().map(|p| p.pool_use.map(|u| u * 100.0).unwrap_or(f64::NAN)).collect() },
-        svg::Panel { label: "DB operations in flight", unit: "count", values: i.timeline.iter().map(|p| p.db_in_flight).collect() },
-        svg::Panel { label: "Request P95", unit: "ms", values: i.timeline.iter().map(|p| p.p95_ms).collect() },
-        svg::Panel { label: "Burn rate", unit: "× budget", values: i.timeline.iter().map(|p| p.burn_rate).collect() },
+        svg::Panel {
+            label: "Cache misses",
+            unit: "per s",
+            values: i.timeline.iter().map(|p| p.misses_per_s).collect(),
+        },
+        svg::Panel {
+            label: "Herd (recomputes of one key in flight)",
+            unit: "count",
+            values: i.timeline.iter().map(|p| p.herd).collect(),
+        },
+        svg::Panel {
+            label: "DB pool use",
+            unit: "%",
+            values: i
+                .timeline
+                .iter()
+                .map(|p| p.pool_use.map(|u| u * 100.0).unwrap_or(f64::NAN))
+                .collect(),
+        },
+        svg::Panel {
+            label: "DB operations in flight",
+            unit: "count",
+            values: i.timeline.iter().map(|p| p.db_in_flight).collect(),
+        },
+        svg::Panel {
+            label: "Request P95",
+            unit: "ms",
+            values: i.timeline.iter().map(|p| p.p95_ms).collect(),
+        },
+        svg::Panel {
+            label: "Burn rate",
+            unit: "× budget",
+            values: i.timeline.iter().map(|p| p.burn_rate).collect(),
+        },
     ];
     let o = &i.evidence.onsets;
     let mut markers = Vec::new();
     if let Some(t) = o.miss_burst_unix_nano {
-        markers.push(svg::Marker { label: "miss burst", t_unix_nano: t, color: "#c62828" });
+        markers.push(svg::Marker {
+            label: "miss burst",
+            t_unix_nano: t,
+            color: "#c62828",
+        });
     }
     if let Some(t) = o.db_saturation_unix_nano {
-        markers.push(svg::Marker { label: "db saturation", t_unix_nano: t, color: "#6a1b9a" });
+        markers.push(svg::Marker {
+            label: "db saturation",
+            t_unix_nano: t,
+            color: "#6a1b9a",
+        });
     }
     if let Some(t) = o.latency_spike_unix_nano {
-        markers.push(svg::Marker { label: "latency spike", t_unix_nano: t, color: "#ef6c00" });
+        markers.push(svg::Marker {
+            label: "latency spike",
+            t_unix_nano: t,
+            color: "#ef6c00",
+        });
     }
     let mut exemplars: Vec<ExemplarRow> = i
         .exemplars
@@ -347,7 +447,9 @@ pub fn incident_section(i: &Incident, config: &DashboardConfig) -> String {
         evidence: evidence_rows(i),
         exemplars,
     };
-    section.render().unwrap_or_else(|e| format!("<p>rendering failed: {e}</p>"))
+    section
+        .render()
+        .unwrap_or_else(|e| format!("<p>rendering failed: {e}</p>"))
 }
 
 async fn incident_page(State(st): State<AppState>, Path(id): Path<String>) -> Response {
@@ -562,5 +664,6 @@ pub fn render_report(report: &Report, config: &DashboardConfig) -> String {
             .map(|i| incident_section(i, config))
             .collect(),
     };
-    page.render().unwrap_or_else(|e| format!("rendering failed: {e}"))
+    page.render()
+        .unwrap_or_else(|e| format!("rendering failed: {e}"))
 }

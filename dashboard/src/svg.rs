@@ -28,8 +28,6 @@ fn esc(s: &str) -> String {
 fn nice(v: f64) -> String {
     if v == 0.0 {
         "0".to_string()
-    } else if v.abs() >= 1000.0 {
-        format!("{:.0}", v)
     } else if v.abs() >= 10.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
@@ -40,7 +38,12 @@ fn nice(v: f64) -> String {
 }
 
 /// Stacked panels sharing one time axis (seconds relative to `origin`).
-pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Marker<'_>]) -> String {
+pub fn timeline(
+    times: &[u64],
+    origin: u64,
+    panels: &[Panel<'_>],
+    markers: &[Marker<'_>],
+) -> String {
     let width = 1000.0;
     let left = 90.0;
     let right = 20.0;
@@ -135,7 +138,11 @@ pub fn timeline(times: &[u64], origin: u64, panels: &[Panel<'_>], markers: &[Mar
         let t = t_min + (t_max - t_min) * i as f64 / ticks as f64;
         let rel = (t - origin as f64) / 1e9;
         let rel = if rel.abs() < 0.05 { 0.0 } else { rel };
-        let label = if tenths { format!("{rel:+.1}s") } else { format!("{rel:+.0}s") };
+        let label = if tenths {
+            format!("{rel:+.1}s")
+        } else {
+            format!("{rel:+.0}s")
+        };
         let _ = write!(
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#6b7385">{label}</text>"##,
@@ -165,7 +172,12 @@ pub fn sparkline(values: &[f64]) -> String {
     let mut pts = String::new();
     for (i, v) in values.iter().enumerate() {
         if v.is_finite() {
-            let _ = write!(pts, "{:.1},{:.1} ", i as f64 / n * w, h - (v / max).clamp(0.0, 1.0) * h);
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} ",
+                i as f64 / n * w,
+                h - (v / max).clamp(0.0, 1.0) * h
+            );
         }
     }
     format!(

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use herdwatch_analyzer::incident::{Incident, Kind, ServiceSummary};
 use herdwatch_analyzer::testsuite;
-use herdwatch_dashboard::{router, DashboardConfig, Source};
+use herdwatch_dashboard::{DashboardConfig, Source, router};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -74,7 +74,11 @@ async fn incident_list_shows_rows_and_filters() {
 
 #[tokio::test]
 async fn empty_states() {
-    for (uri, text) in [("/", "No incidents"), ("/services", "checkout"), ("/slos", "checkout")] {
+    for (uri, text) in [
+        ("/", "No incidents"),
+        ("/services", "checkout"),
+        ("/slos", "checkout"),
+    ] {
         let (s, body) = get(app(vec![]), uri).await;
         assert_eq!(s, StatusCode::OK, "{uri}");
         assert!(body.contains(text), "{uri}: {body}");
@@ -109,8 +113,14 @@ async fn incident_page_has_cause_timeline_evidence_keys_exemplars_mitigations() 
 async fn untrusted_strings_are_escaped_everywhere() {
     for uri in ["/", "/incidents/a1", "/services", "/slos"] {
         let (_, body) = get(app(fixtures()), uri).await;
-        assert!(!body.contains("<script>alert"), "{uri} leaks a raw script tag");
-        assert!(body.contains("&lt;script&gt;") || body.contains("&#60;script&#62;"), "{uri}: {body}");
+        assert!(
+            !body.contains("<script>alert"),
+            "{uri} leaks a raw script tag"
+        );
+        assert!(
+            body.contains("&lt;script&gt;") || body.contains("&#60;script&#62;"),
+            "{uri}: {body}"
+        );
     }
 }
 
@@ -135,20 +145,42 @@ async fn json_api_carries_the_spec_fields() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["schema_version"], 1);
     let i = &v["incidents"][0];
-    for key in ["id", "service", "kind", "severity", "confidence", "onset_unix_nano", "peak_unix_nano", "end_unix_nano", "evidence", "timeline", "exemplars", "mitigations"] {
+    for key in [
+        "id",
+        "service",
+        "kind",
+        "severity",
+        "confidence",
+        "onset_unix_nano",
+        "peak_unix_nano",
+        "end_unix_nano",
+        "evidence",
+        "timeline",
+        "exemplars",
+        "mitigations",
+    ] {
         assert!(i.get(key).is_some(), "missing {key}");
     }
     assert_eq!(i["kind"], "hot-key-expiry");
     assert_eq!(i["severity"], "page");
-    assert!(v["incidents"][0]["end_unix_nano"].is_null(), "open incidents have a null end");
+    assert!(
+        v["incidents"][0]["end_unix_nano"].is_null(),
+        "open incidents have a null end"
+    );
     assert!(v["incidents"][1]["end_unix_nano"].is_u64());
     let (_, body) = get(app(fixtures()), "/api/v1/incidents?severity=ticket").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["incidents"].as_array().unwrap().len(), 0);
     let (_, body) = get(app(fixtures()), "/api/v1/incidents/b2").await;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"], "b2");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"],
+        "b2"
+    );
     let (_, body) = get(app(fixtures()), "/api/v1/services").await;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["services"][1]["service"], "checkout");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["services"][1]["service"],
+        "checkout"
+    );
     let (_, body) = get(app(fixtures()), "/api/v1/slos").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["slos"][0]["target"], 0.99);

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{IdGenerator, SdkTracerProvider, SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 
 use crate::sim::{Op, Request, Rng};
 
@@ -79,7 +79,10 @@ pub struct Collect(pub Arc<Mutex<Vec<SpanData>>>);
 
 impl SpanExporter for Collect {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(batch);
         Ok(())
     }
 }
@@ -96,7 +99,10 @@ pub fn resource(service: &str, generation: usize, environment: &str) -> Resource
         .with_attributes([
             KeyValue::new("service.name", service.to_string()),
             KeyValue::new("service.version", format!("1.{}.0", 4 + generation)),
-            KeyValue::new("service.instance.id", format!("{service}-{}", ["a1f3", "b7c9", "c2d8"][generation % 3])),
+            KeyValue::new(
+                "service.instance.id",
+                format!("{service}-{}", ["a1f3", "b7c9", "c2d8"][generation % 3]),
+            ),
             KeyValue::new("deployment.environment.name", environment.to_string()),
         ])
         .build()
@@ -127,11 +133,17 @@ fn at(epoch: SystemTime, nanos: u64) -> SystemTime {
     epoch + Duration::from_nanos(nanos)
 }
 
-fn db_attrs(opts: &EmitOptions, n: usize, system: &'static str, op: &str, query: String) -> Vec<KeyValue> {
+fn db_attrs(
+    opts: &EmitOptions,
+    n: usize,
+    system: &'static str,
+    op: &str,
+    query: String,
+) -> Vec<KeyValue> {
     let stable = match opts.semconv {
         Semconv::Stable => true,
         Semconv::Legacy => false,
-        Semconv::Mixed => n % 2 == 0,
+        Semconv::Mixed => n.is_multiple_of(2),
     };
     if stable {
         vec![
@@ -220,7 +232,11 @@ pub fn emit(pipeline: &Pipeline, r: &Request, n: usize, epoch: SystemTime, opts:
                     n,
                     "redis",
                     "SETEX",
-                    if opts.unsanitised { format!("SETEX {} 600 ?", r.key) } else { "SETEX ? ? ?".into() },
+                    if opts.unsanitised {
+                        format!("SETEX {} 600 ?", r.key)
+                    } else {
+                        "SETEX ? ? ?".into()
+                    },
                 ),
                 false,
             ),
@@ -251,7 +267,11 @@ pub fn emit(pipeline: &Pipeline, r: &Request, n: usize, epoch: SystemTime, opts:
         let system_is_cache = !matches!(op, Op::Query { .. });
         attrs.push(KeyValue::new(
             "server.address",
-            if system_is_cache { "cache-1" } else { "db-primary" },
+            if system_is_cache {
+                "cache-1"
+            } else {
+                "db-primary"
+            },
         ));
         let mut span = tracer
             .span_builder(name)

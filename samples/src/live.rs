@@ -26,7 +26,10 @@ pub enum LiveError {
     Export { endpoint: String, message: String },
 }
 
-fn exporter(endpoint: &str, protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, LiveError> {
+fn exporter(
+    endpoint: &str,
+    protocol: Protocol,
+) -> Result<opentelemetry_otlp::SpanExporter, LiveError> {
     match protocol {
         Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -56,7 +59,8 @@ pub async fn run_with(
     let settings = scenario.settings();
     let wall_start = Instant::now();
     let epoch = SystemTime::now();
-    let mut pipelines: HashMap<(usize, usize), (emit::Pipeline, opentelemetry_otlp::SpanExporter)> = HashMap::new();
+    let mut pipelines: HashMap<(usize, usize), (emit::Pipeline, opentelemetry_otlp::SpanExporter)> =
+        HashMap::new();
     let mut next = 0usize;
     let mut sent = 0u64;
     let total = run.requests.len();
@@ -67,15 +71,17 @@ pub async fn run_with(
         while next < total && shifted_end(&run.requests[next]) <= real_now {
             let r = &run.requests[next];
             let key = (r.service, r.generation);
-            if !pipelines.contains_key(&key) {
-                let p = emit::Pipeline::new(settings.services[r.service].name, r.generation, seed);
-                let mut e = exporter(endpoint, protocol)?;
-                e.set_resource(&p.resource);
-                pipelines.insert(key, (p, e));
-            }
-            let (p, _) = &pipelines[&key];
-            // Spans keep the simulation's own timing, anchored at `epoch`
-            // and stretched back to real time.
+            let (p, _) = match pipelines.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let p =
+                        emit::Pipeline::new(settings.services[r.service].name, r.generation, seed);
+                    let mut e = exporter(endpoint, protocol)?;
+                    e.set_resource(&p.resource);
+                    v.insert((p, e))
+                }
+            };
+            let p = &*p;
             // Arrivals are compressed by `speed`; durations are kept, so
             // latencies and herds look as they did in the simulation.
             let delta = r.start - (r.start as f64 / speed) as u64;
@@ -92,30 +98,70 @@ pub async fn run_with(
             let spans = p.drain();
             for chunk in spans.chunks(crate::BATCH) {
                 let n = chunk.len() as u64;
-                e.export(chunk.to_vec()).await.map_err(|err| LiveError::Export {
-                    endpoint: endpoint.to_string(),
-                    message: err.to_string(),
-                })?;
+                e.export(chunk.to_vec())
+                    .await
+                    .map_err(|err| LiveError::Export {
+                        endpoint: endpoint.to_string(),
+                        message: err.to_string(),
+                    })?;
                 sent += n;
             }
         }
     }
-    tracing::info!(spans = sent, scenario = scenario.name(), "scenario finished");
+    tracing::info!(
+        spans = sent,
+        scenario = scenario.name(),
+        "scenario finished"
+    );
     Ok(sent)
 }
 
 fn shift_op(op: &sim::Op, delta: u64) -> sim::Op {
     let s = |t: &u64| t.saturating_sub(delta);
     match op {
-        sim::Op::Get { start, end, failed } => sim::Op::Get { start: s(start), end: s(end), failed: *failed },
-        sim::Op::Query { start, end, statement } => sim::Op::Query { start: s(start), end: s(end), statement },
-        sim::Op::Set { start, end } => sim::Op::Set { start: s(start), end: s(end) },
-        sim::Op::Lock { start, end } => sim::Op::Lock { start: s(start), end: s(end) },
-        sim::Op::Flush { start, end } => sim::Op::Flush { start: s(start), end: s(end) },
+        sim::Op::Get { start, end, failed } => sim::Op::Get {
+            start: s(start),
+            end: s(end),
+            failed: *failed,
+        },
+        sim::Op::Query {
+            start,
+            end,
+            statement,
+        } => sim::Op::Query {
+            start: s(start),
+            end: s(end),
+            statement,
+        },
+        sim::Op::Set { start, end } => sim::Op::Set {
+            start: s(start),
+            end: s(end),
+        },
+        sim::Op::Lock { start, end } => sim::Op::Lock {
+            start: s(start),
+            end: s(end),
+        },
+        sim::Op::Flush { start, end } => sim::Op::Flush {
+            start: s(start),
+            end: s(end),
+        },
     }
 }
 
 /// Play `scenario` in real time over gRPC or HTTP.
-pub async fn run(scenario: Scenario, seed: u64, endpoint: &str, protocol: Protocol) -> Result<u64, LiveError> {
-    run_with(scenario, seed, endpoint, protocol, 1.0, EmitOptions::default()).await
+pub async fn run(
+    scenario: Scenario,
+    seed: u64,
+    endpoint: &str,
+    protocol: Protocol,
+) -> Result<u64, LiveError> {
+    run_with(
+        scenario,
+        seed,
+        endpoint,
+        protocol,
+        1.0,
+        EmitOptions::default(),
+    )
+    .await
 }

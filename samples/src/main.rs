@@ -7,7 +7,10 @@ use herdwatch_samples::live::Protocol;
 use herdwatch_samples::{EmitOptions, Scenario, Semconv};
 
 #[derive(Parser)]
-#[command(name = "herdwatch-samples", about = "Scenario generator: realistic services emitting telemetry through the OpenTelemetry SDK.")]
+#[command(
+    name = "herdwatch-samples",
+    about = "Scenario generator: realistic services emitting telemetry through the OpenTelemetry SDK."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -74,6 +77,9 @@ enum Cmd {
         /// Output file; `.gz` compresses.
         #[arg(long)]
         out: PathBuf,
+        /// Repeat the scenario back to back (large captures for benchmarks).
+        #[arg(long, default_value_t = 1)]
+        repeat: u64,
         #[command(flatten)]
         emit: Emit,
     },
@@ -113,27 +119,51 @@ fn main() -> anyhow::Result<()> {
             let s = Scenario::parse(&scenario)?;
             println!("{}", serde_json::to_string_pretty(&s.truth())?);
         }
-        Cmd::Generate { scenario, seed, out, emit } => {
+        Cmd::Generate {
+            scenario,
+            seed,
+            out,
+            repeat,
+            emit,
+        } => {
             let s = Scenario::parse(&scenario)?;
-            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let mut w: Box<dyn Write> = if out.extension().is_some_and(|e| e == "gz") {
-                Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::new(6)))
+                Box::new(flate2::write::GzEncoder::new(
+                    std::io::BufWriter::new(file),
+                    flate2::Compression::new(6),
+                ))
             } else {
                 Box::new(std::io::BufWriter::new(file))
             };
-            let n = herdwatch_samples::generate(s, seed, &emit.options(), &mut w)?;
+            let n = herdwatch_samples::generate_repeated(s, seed, &emit.options(), repeat, &mut w)?;
             w.flush()?;
             drop(w);
             eprintln!("{}: {n} spans", out.display());
         }
-        Cmd::Live { scenario, seed, endpoint, protocol, speed, emit } => {
+        Cmd::Live {
+            scenario,
+            seed,
+            endpoint,
+            protocol,
+            speed,
+            emit,
+        } => {
             let s = Scenario::parse(&scenario)?;
             let protocol = match protocol {
                 ProtocolArg::Grpc => Protocol::Grpc,
                 ProtocolArg::Http => Protocol::HttpProtobuf,
             };
             let rt = tokio::runtime::Runtime::new()?;
-            let n = rt.block_on(herdwatch_samples::live::run_with(s, seed, &endpoint, protocol, speed, emit.options()))?;
+            let n = rt.block_on(herdwatch_samples::live::run_with(
+                s,
+                seed,
+                &endpoint,
+                protocol,
+                speed,
+                emit.options(),
+            ))?;
             eprintln!("sent {n} spans");
         }
     }

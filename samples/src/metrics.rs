@@ -6,9 +6,9 @@
 //! built as OTLP directly, with simulation timestamps.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -98,18 +98,38 @@ pub fn requests(
                 false,
                 vec![
                     point(start, now, used as f64, with_state("used")),
-                    point(start, now, max.saturating_sub(used) as f64, with_state("idle")),
+                    point(
+                        start,
+                        now,
+                        max.saturating_sub(used) as f64,
+                        with_state("idle"),
+                    ),
                 ],
             ),
-            sum("db.client.connection.max", "{connection}", false, vec![point(start, now, max as f64, pool.clone())]),
+            sum(
+                "db.client.connection.max",
+                "{connection}",
+                false,
+                vec![point(start, now, max as f64, pool.clone())],
+            ),
             sum(
                 "db.client.connection.pending_requests",
                 "{request}",
                 false,
                 vec![point(start, now, pending as f64, pool.clone())],
             ),
-            sum("redis.keyspace.hits", "{hit}", true, vec![point(start, now, hits as f64, vec![])]),
-            sum("redis.keyspace.misses", "{miss}", true, vec![point(start, now, misses as f64, vec![])]),
+            sum(
+                "redis.keyspace.hits",
+                "{hit}",
+                true,
+                vec![point(start, now, hits as f64, vec![])],
+            ),
+            sum(
+                "redis.keyspace.misses",
+                "{miss}",
+                true,
+                vec![point(start, now, misses as f64, vec![])],
+            ),
         ];
         out.push(ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {

@@ -187,27 +187,34 @@ impl Scenario {
     }
 
     pub fn truth(self) -> Truth {
-        let (kind, onset, mitigations): (Option<&'static str>, Option<f64>, Vec<&'static str>) = match self {
-            Self::Baseline | Self::Mitigated => (None, None, vec![]),
-            Self::SynchronizedExpiry | Self::MultiService => (
-                Some("synchronized-expiry"),
-                Some(90.0),
-                vec!["single-flight", "ttl-jitter"],
-            ),
-            Self::HotKeyExpiry => (Some("hot-key-expiry"), Some(90.0), vec!["single-flight", "xfetch"]),
-            Self::RetryStorm => (
-                Some("hot-key-expiry"),
-                Some(90.0),
-                vec!["single-flight", "xfetch", "backoff-jitter"],
-            ),
-            Self::ColdCache => (Some("cold-cache"), Some(90.0), vec!["warm-up"]),
-            Self::CacheUnavailable => (
-                Some("cache-unavailable"),
-                Some(90.0),
-                vec!["stale-while-revalidate"],
-            ),
-            Self::DbSaturation => (Some("db-saturation"), Some(90.0), vec!["slow-query-review"]),
-        };
+        let (kind, onset, mitigations): (Option<&'static str>, Option<f64>, Vec<&'static str>) =
+            match self {
+                Self::Baseline | Self::Mitigated => (None, None, vec![]),
+                Self::SynchronizedExpiry | Self::MultiService => (
+                    Some("synchronized-expiry"),
+                    Some(90.0),
+                    vec!["single-flight", "ttl-jitter"],
+                ),
+                Self::HotKeyExpiry => (
+                    Some("hot-key-expiry"),
+                    Some(90.0),
+                    vec!["single-flight", "xfetch"],
+                ),
+                Self::RetryStorm => (
+                    Some("hot-key-expiry"),
+                    Some(90.0),
+                    vec!["single-flight", "xfetch", "backoff-jitter"],
+                ),
+                Self::ColdCache => (Some("cold-cache"), Some(90.0), vec!["warm-up"]),
+                Self::CacheUnavailable => (
+                    Some("cache-unavailable"),
+                    Some(90.0),
+                    vec!["stale-while-revalidate"],
+                ),
+                Self::DbSaturation => {
+                    (Some("db-saturation"), Some(90.0), vec!["slow-query-review"])
+                }
+            };
         Truth {
             scenario: self.name(),
             kind,

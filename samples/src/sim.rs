@@ -66,7 +66,11 @@ pub enum Op {
     /// `GET` on the cache; `failed` when the cache timed out.
     Get { start: u64, end: u64, failed: bool },
     /// A database query.
-    Query { start: u64, end: u64, statement: &'static str },
+    Query {
+        start: u64,
+        end: u64,
+        statement: &'static str,
+    },
     /// `SETEX` filling the key.
     Set { start: u64, end: u64 },
     /// `SET lock NX PX` taken by single-flight.
@@ -112,7 +116,13 @@ impl Db {
     /// connection).
     /// Like `query`, but gives up (`None`, no connection taken) when no
     /// connection frees up within `acquire_timeout` ns.
-    fn try_query(&mut self, t: u64, work_ms: f64, acquire_timeout: u64, rng: &mut Rng) -> Option<(u64, u64)> {
+    fn try_query(
+        &mut self,
+        t: u64,
+        work_ms: f64,
+        acquire_timeout: u64,
+        rng: &mut Rng,
+    ) -> Option<(u64, u64)> {
         while self.free_at.peek().is_some_and(|r| r.0 <= t) {
             self.free_at.pop();
         }
@@ -220,7 +230,10 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                 let mut ops = Vec::new();
                 let mut tt = t;
                 for k in 0..spec.sync_keys.min(spec.keys) {
-                    ops.push(Op::Set { start: tt, end: tt + MS / 4 });
+                    ops.push(Op::Set {
+                        start: tt,
+                        end: tt + MS / 4,
+                    });
                     tt += MS / 4;
                     let jitter = if spec.ttl_jitter > 0.0 {
                         (rng.f64() * spec.ttl_jitter * ttl as f64) as u64
@@ -265,7 +278,10 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                         end: t + 2 * MS,
                         status: 200,
                         resend: 0,
-                        ops: vec![Op::Flush { start: t, end: t + MS }],
+                        ops: vec![Op::Flush {
+                            start: t,
+                            end: t + MS,
+                        }],
                         recomputed: false,
                         missed: false,
                     });
@@ -342,14 +358,26 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
         }
         let mut ops = Vec::new();
         let mut tt = t + MS / 2;
-        let get_ms = if cache_down { 1000.0 } else { 0.6 + rng.f64() * 0.6 };
+        let get_ms = if cache_down {
+            1000.0
+        } else {
+            0.6 + rng.f64() * 0.6
+        };
         let get_end = tt + (get_ms * MS as f64) as u64;
         let hit = !cache_down && cache.get(&key).is_some_and(|e| e.0 <= tt && e.1 > tt);
-        ops.push(Op::Get { start: tt, end: get_end, failed: cache_down });
+        ops.push(Op::Get {
+            start: tt,
+            end: get_end,
+            failed: cache_down,
+        });
         tt = get_end;
         let mut recomputed = false;
         let mut pool_timeout = false;
-        let g = gauges.entry(t / S).or_insert_with(|| Gauges { t: t / S * S, pool_max: spec.pool, ..Default::default() });
+        let g = gauges.entry(t / S).or_insert_with(|| Gauges {
+            t: t / S * S,
+            pool_max: spec.pool,
+            ..Default::default()
+        });
         if hit {
             g.hits += 1;
         } else {
@@ -361,11 +389,18 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                     let (ls, le) = (tt, tt + MS / 2);
                     ops.push(Op::Lock { start: ls, end: le });
                     tt = f + MS;
-                    ops.push(Op::Get { start: f, end: tt, failed: false });
+                    ops.push(Op::Get {
+                        start: f,
+                        end: tt,
+                        failed: false,
+                    });
                 }
                 _ => {
                     if spec.single_flight {
-                        ops.push(Op::Lock { start: tt, end: tt + MS / 2 });
+                        ops.push(Op::Lock {
+                            start: tt,
+                            end: tt + MS / 2,
+                        });
                         tt += MS / 2;
                     }
                     let work = spec.recompute_work * if key == 0 { spec.hot_key_work } else { 1.0 };
@@ -382,7 +417,10 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
                             });
                             tt = qe;
                             if !cache_down {
-                                ops.push(Op::Set { start: tt, end: tt + MS / 2 });
+                                ops.push(Op::Set {
+                                    start: tt,
+                                    end: tt + MS / 2,
+                                });
                                 let jitter = if spec.ttl_jitter > 0.0 {
                                     (rng.f64() * spec.ttl_jitter * ttl as f64) as u64
                                 } else {
@@ -460,7 +498,13 @@ mod tests {
         let a = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
         let b = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
         let c = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
-        assert!(c.0 >= a.1.min(b.1), "the third query waits for a connection");
-        assert!(db.try_query(0, 1.0, 0, &mut rng).is_none(), "no connection within the timeout");
+        assert!(
+            c.0 >= a.1.min(b.1),
+            "the third query waits for a connection"
+        );
+        assert!(
+            db.try_query(0, 1.0, 0, &mut rng).is_none(),
+            "no connection within the timeout"
+        );
     }
 }

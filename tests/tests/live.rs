@@ -41,7 +41,10 @@ async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browse
     // The stampede starts 90 s into the scenario: 22.5 s at this speed.
     let onset_wall = Duration::from_secs_f64(90.0 / speed);
     let (id, seen_at) = loop {
-        assert!(started.elapsed() < Duration::from_secs(120), "no incident detected");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no incident detected"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let list = incidents(running.dashboard_addr).await;
         if let Some(i) = list.iter().find(|i| i["kind"] == "synchronized-expiry") {
@@ -59,33 +62,51 @@ async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browse
         .await
         .unwrap();
     assert!(page.contains("Cache stampede in catalog"), "{page}");
-    let sent = generator.await.unwrap().expect("generator delivered everything");
+    let sent = generator
+        .await
+        .unwrap()
+        .expect("generator delivered everything");
     assert!(sent > 50_000);
     // Resolves after the scenario's calm tail.
     let resolved = loop {
-        assert!(started.elapsed() < Duration::from_secs(180), "incident never resolved");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "incident never resolved"
+        );
         let list = incidents(running.dashboard_addr).await;
-        let i = list.iter().find(|i| i["id"] == id.as_str()).expect("same id while it lasts").clone();
+        let i = list
+            .iter()
+            .find(|i| i["id"] == id.as_str())
+            .expect("same id while it lasts")
+            .clone();
         if !i["end_unix_nano"].is_null() {
             break i;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(list_kinds(&incidents(running.dashboard_addr).await), vec!["synchronized-expiry"]);
+    assert_eq!(
+        list_kinds(&incidents(running.dashboard_addr).await),
+        vec!["synchronized-expiry"]
+    );
     browser_pass(running.dashboard_addr, &id).await;
     running.shutdown().await;
 
     // Restart on the same data directory: the incident is still there.
     let again = app::start(config).await.unwrap();
     let list = incidents(again.dashboard_addr).await;
-    let kept = list.iter().find(|i| i["id"] == id.as_str()).expect("incident kept across restart");
+    let kept = list
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .expect("incident kept across restart");
     assert_eq!(kept["end_unix_nano"], resolved["end_unix_nano"]);
     assert!(again.store.stats().totals.spans as u64 >= sent - sent / 100);
     again.shutdown().await;
 }
 
 fn list_kinds(list: &[serde_json::Value]) -> Vec<String> {
-    list.iter().map(|i| i["kind"].as_str().unwrap().to_string()).collect()
+    list.iter()
+        .map(|i| i["kind"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Load each page in headless Chromium: no console errors, well-formed SVG,
@@ -93,16 +114,21 @@ fn list_kinds(list: &[serde_json::Value]) -> Vec<String> {
 async fn browser_pass(addr: std::net::SocketAddr, id: &str) {
     let chromium = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok());
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        });
     let Some(chromium) = chromium else {
         assert!(
-            std::env::var_os("HERDWATCH_REQUIRE_BROWSER").is_none(),
-            "HERDWATCH_REQUIRE_BROWSER is set but no chromium is installed"
+            std::env::var_os("REQUIRE_CHROMIUM").is_none(),
+            "REQUIRE_CHROMIUM is set but no chromium is installed"
         );
         eprintln!("chromium not installed: browser checks skipped (CI installs it)");
         return;
     };
-    let artifacts = std::env::var_os("HERDWATCH_ARTIFACTS")
+    let artifacts = std::env::var_os("TEST_ARTIFACTS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("herdwatch-artifacts"));
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -136,25 +162,43 @@ async fn browser_pass(addr: std::net::SocketAddr, id: &str) {
             .expect("chromium runs");
         let html = String::from_utf8_lossy(&dom.stdout);
         let log = String::from_utf8_lossy(&dom.stderr);
-        assert!(html.contains("Herdwatch"), "{name}: page did not render: {log}");
+        assert!(
+            html.contains("Herdwatch"),
+            "{name}: page did not render: {log}"
+        );
         let console_errors: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("CONSOLE") && (l.contains("ERROR") || l.contains("Uncaught")))
             .collect();
-        assert!(console_errors.is_empty(), "{name}: console errors: {console_errors:?}");
-        assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count(), "{name}: broken SVG");
+        assert!(
+            console_errors.is_empty(),
+            "{name}: console errors: {console_errors:?}"
+        );
+        assert_eq!(
+            html.matches("<svg").count(),
+            html.matches("</svg>").count(),
+            "{name}: broken SVG"
+        );
         assert!(!html.contains("NaN"), "{name}: NaN in the page");
         let shot = artifacts.join(format!("{name}.png"));
         let status = tokio::process::Command::new(chromium)
             .args(common)
-            .arg(format!("--user-data-dir={}", tempdir(&format!("{name}-shot")).display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                tempdir(&format!("{name}-shot")).display()
+            ))
             .arg(format!("--screenshot={}", shot.display()))
             .args(["--window-size=1280,1600", &url])
             .output()
             .await
             .unwrap();
         assert!(status.status.success(), "{name}: screenshot failed");
-        assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "{name}: empty screenshot");
+        assert!(
+            std::fs::metadata(&shot)
+                .map(|m| m.len() > 1000)
+                .unwrap_or(false),
+            "{name}: empty screenshot"
+        );
     }
     println!("screenshots in {}", artifacts.display());
 }

@@ -14,13 +14,17 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter as _};
 use prost::Message;
 
 fn vector(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/otlp-examples").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/otlp-examples")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -124,28 +128,47 @@ async fn sdk_exporters_deliver_every_field_over_grpc_and_http() {
             ..Query::all()
         });
         assert_eq!(spans.len(), 3, "{protocol}");
-        let req = spans.iter().find(|s| &*s.http_route == "/product/{id}").unwrap();
+        let req = spans
+            .iter()
+            .find(|s| &*s.http_route == "/product/{id}")
+            .unwrap();
         assert_eq!(req.kind, herdwatch_analyzer::model::SpanKind::Server);
-        assert_eq!((&*req.resource.version, &*req.resource.instance), ("2.1.0", "pod-7"));
-        assert_eq!((req.http_status, &*req.http_method, &*req.url_path), (503, "GET", "/product/42"));
+        assert_eq!(
+            (&*req.resource.version, &*req.resource.instance),
+            ("2.1.0", "pod-7")
+        );
+        assert_eq!(
+            (req.http_status, &*req.http_method, &*req.url_path),
+            (503, "GET", "/product/42")
+        );
         assert_eq!(req.status, herdwatch_analyzer::model::StatusCode::Error);
         assert_eq!(req.cache_hit, Some(false));
         assert!(req.is_root());
         let get = spans.iter().find(|s| &*s.db_system == "redis").unwrap();
-        assert_eq!((&*get.db_operation, &*get.db_query, &*get.cache_key), ("GET", "GET product:42", "product:42"));
+        assert_eq!(
+            (&*get.db_operation, &*get.db_query, &*get.cache_key),
+            ("GET", "GET product:42", "product:42")
+        );
         assert_eq!(&*get.server_address, "cache-1");
         assert_eq!(get.parent_span_id, req.span_id);
         assert_eq!(get.trace_id, req.trace_id);
-        let sql = spans.iter().find(|s| &*s.db_system == "postgresql").unwrap();
-        assert_eq!((&*sql.db_query, &*sql.db_operation, &*sql.db_namespace), ("SELECT * FROM product WHERE id = $1", "SELECT", "shop"));
+        let sql = spans
+            .iter()
+            .find(|s| &*s.db_system == "postgresql")
+            .unwrap();
+        assert_eq!(
+            (&*sql.db_query, &*sql.db_operation, &*sql.db_namespace),
+            ("SELECT * FROM product WHERE id = $1", "SELECT", "shop")
+        );
         assert!(sql.end_unix_nano >= sql.start_unix_nano && sql.start_unix_nano > 0);
     }
-    let stats: serde_json::Value = reqwest::get(format!("http://{}/api/v1/stats", app.dashboard_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/stats", app.dashboard_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(stats["services"]["via-grpc"]["spans"], 3);
     assert_eq!(stats["totals"]["spans"], 9);
     app.shutdown().await;
@@ -155,15 +178,26 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn post(url: &str, ct: &str, encoding: Option<&str>, body: Vec<u8>) -> (u16, Option<String>, Vec<u8>, Option<String>) {
+async fn post(
+    url: &str,
+    ct: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Option<String>, Vec<u8>, Option<String>) {
     let mut r = client().post(url).header("content-type", ct).body(body);
     if let Some(e) = encoding {
         r = r.header("content-encoding", e);
     }
     let resp = r.send().await.unwrap();
     let status = resp.status().as_u16();
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
-    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
     (status, ct, resp.bytes().await.unwrap().to_vec(), retry)
 }
 
@@ -171,15 +205,29 @@ async fn post(url: &str, ct: &str, encoding: Option<&str>, body: Vec<u8>) -> (u1
 async fn example_vectors_are_accepted_as_json_and_as_protobuf() {
     let app = testsuite::start("vectors", "").await;
     let base = format!("http://{}", app.http_addr);
-    for (path, file) in [("traces", "trace.json"), ("metrics", "metrics.json"), ("logs", "logs.json")] {
-        let (status, ct, body, _) = post(&format!("{base}/v1/{path}"), "application/json; charset=utf-8", None, vector(file).into_bytes()).await;
+    for (path, file) in [
+        ("traces", "trace.json"),
+        ("metrics", "metrics.json"),
+        ("logs", "logs.json"),
+    ] {
+        let (status, ct, body, _) = post(
+            &format!("{base}/v1/{path}"),
+            "application/json; charset=utf-8",
+            None,
+            vector(file).into_bytes(),
+        )
+        .await;
         assert_eq!(status, 200, "{file}: {}", String::from_utf8_lossy(&body));
         assert_eq!(ct.as_deref(), Some("application/json"));
-        assert_eq!(body, b"{}", "a fully accepted request leaves partial_success unset");
+        assert_eq!(
+            body, b"{}",
+            "a fully accepted request leaves partial_success unset"
+        );
     }
     // Their protobuf encodings, over HTTP (gzip) and gRPC.
     let traces: ExportTraceServiceRequest = serde_json::from_str(&vector("trace.json")).unwrap();
-    let metrics: ExportMetricsServiceRequest = serde_json::from_str(&vector("metrics.json")).unwrap();
+    let metrics: ExportMetricsServiceRequest =
+        serde_json::from_str(&vector("metrics.json")).unwrap();
     let logs: ExportLogsServiceRequest = serde_json::from_str(&vector("logs.json")).unwrap();
     for (path, bytes) in [
         ("traces", traces.encode_to_vec()),
@@ -188,14 +236,27 @@ async fn example_vectors_are_accepted_as_json_and_as_protobuf() {
     ] {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&bytes).unwrap();
-        let (status, ct, body, _) = post(&format!("{base}/v1/{path}"), "application/x-protobuf", Some("gzip"), gz.finish().unwrap()).await;
+        let (status, ct, body, _) = post(
+            &format!("{base}/v1/{path}"),
+            "application/x-protobuf",
+            Some("gzip"),
+            gz.finish().unwrap(),
+        )
+        .await;
         assert_eq!(status, 200, "{path}");
         assert_eq!(ct.as_deref(), Some("application/x-protobuf"));
         assert!(body.is_empty(), "empty protobuf response for full success");
     }
-    let mut grpc = TraceServiceClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+    let mut grpc = TraceServiceClient::connect(format!("http://{}", app.grpc_addr))
+        .await
+        .unwrap();
     let resp = grpc.export(traces.clone()).await.unwrap().into_inner();
-    assert_eq!(resp, ExportTraceServiceResponse { partial_success: None });
+    assert_eq!(
+        resp,
+        ExportTraceServiceResponse {
+            partial_success: None
+        }
+    );
     // The trace vector's span was sent three times: stored once.
     let spans = app.store.spans(&Query::all());
     assert_eq!(spans.iter().filter(|s| s.trace_id[0] == 0x5b).count(), 1);
@@ -210,20 +271,38 @@ async fn json_edge_cases_and_partial_success() {
     let app = testsuite::start("json", "").await;
     let url = format!("http://{}/v1/traces", app.http_addr);
     let span = |tid: &str, sid: &str| {
-        format!(r#"{{"traceId":"{tid}","spanId":"{sid}","name":"x","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":1700000000100000000,"someFutureField":{{"a":1}}}}"#)
+        format!(
+            r#"{{"traceId":"{tid}","spanId":"{sid}","name":"x","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":1700000000100000000,"someFutureField":{{"a":1}}}}"#
+        )
     };
-    let doc = |spans: &[String]| format!(r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"edge"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}],"unknownTopLevel":true}}"#, spans.join(","));
+    let doc = |spans: &[String]| {
+        format!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"edge"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}],"unknownTopLevel":true}}"#,
+            spans.join(",")
+        )
+    };
     // Lower and upper case hex, 64-bit ints as strings and numbers, unknown fields.
-    let ok = doc(&[span("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"), span("0AF7651916CD43DD8448EB211C80319D", "B7AD6B7169203332")]);
+    let ok = doc(&[
+        span("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        span("0AF7651916CD43DD8448EB211C80319D", "B7AD6B7169203332"),
+    ]);
     let (status, _, body, _) = post(&url, "application/json", None, ok.into_bytes()).await;
     assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
     // Empty envelopes and missing optional fields.
-    for empty in [r#"{}"#, r#"{"resourceSpans":[]}"#, r#"{"resourceSpans":[{"scopeSpans":[{}]}]}"#] {
-        let (status, _, _, _) = post(&url, "application/json", None, empty.as_bytes().to_vec()).await;
+    for empty in [
+        r#"{}"#,
+        r#"{"resourceSpans":[]}"#,
+        r#"{"resourceSpans":[{"scopeSpans":[{}]}]}"#,
+    ] {
+        let (status, _, _, _) =
+            post(&url, "application/json", None, empty.as_bytes().to_vec()).await;
         assert_eq!(status, 200, "{empty}");
     }
     // One wrong-length id among good spans: partial success naming it.
-    let partial = doc(&[span("0af7651916cd43dd8448eb211c80319e", "b7ad6b7169203333"), span("0af7651916cd43dd8448eb211c8031", "b7ad6b7169203334")]);
+    let partial = doc(&[
+        span("0af7651916cd43dd8448eb211c80319e", "b7ad6b7169203333"),
+        span("0af7651916cd43dd8448eb211c8031", "b7ad6b7169203334"),
+    ]);
     let (status, _, body, _) = post(&url, "application/json", None, partial.into_bytes()).await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -239,7 +318,10 @@ async fn json_edge_cases_and_partial_success() {
     let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(st["code"], 3);
     assert!(st["message"].as_str().unwrap().contains("traceId"), "{st}");
-    let edge = app.store.spans(&Query { service: Some("edge".into()), ..Query::all() });
+    let edge = app.store.spans(&Query {
+        service: Some("edge".into()),
+        ..Query::all()
+    });
     assert_eq!(edge.len(), 3, "2 good + 1 good of the partial request");
     app.shutdown().await;
 }
@@ -252,11 +334,19 @@ async fn bad_input_gets_the_spec_status_and_the_server_keeps_serving() {
     let good = good.encode_to_vec();
     let status_of = |b: &[u8]| RpcStatus::decode(b).expect("google.rpc.Status body");
     // Truncated protobuf.
-    let (s, _, b, _) = post(&url, "application/x-protobuf", None, good[..good.len() - 7].to_vec()).await;
+    let (s, _, b, _) = post(
+        &url,
+        "application/x-protobuf",
+        None,
+        good[..good.len() - 7].to_vec(),
+    )
+    .await;
     assert_eq!(s, 400);
     assert_eq!(status_of(&b).code, 3);
     // Random bytes.
-    let noise: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..512u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let (s, _, _, _) = post(&url, "application/x-protobuf", None, noise).await;
     assert_eq!(s, 400);
     // Wrong content type.
@@ -282,14 +372,32 @@ async fn bad_input_gets_the_spec_status_and_the_server_keeps_serving() {
     // Empty JSON body; wrong-signal path.
     let (s, _, _, _) = post(&url, "application/json", None, Vec::new()).await;
     assert_eq!(s, 400);
-    let (s, _, _, _) = post(&format!("http://{}/v1/spans", app.http_addr), "application/x-protobuf", None, good.clone()).await;
+    let (s, _, _, _) = post(
+        &format!("http://{}/v1/spans", app.http_addr),
+        "application/x-protobuf",
+        None,
+        good.clone(),
+    )
+    .await;
     assert_eq!(s, 404);
     // A metrics payload sent to the traces path is not a valid trace request.
-    let metrics: ExportMetricsServiceRequest = serde_json::from_str(&vector("metrics.json")).unwrap();
-    let (s, _, _, _) = post(&url, "application/json", None, serde_json::to_vec(&metrics).unwrap()).await;
-    assert_eq!(s, 200, "unknown JSON fields are ignored: an empty trace request");
+    let metrics: ExportMetricsServiceRequest =
+        serde_json::from_str(&vector("metrics.json")).unwrap();
+    let (s, _, _, _) = post(
+        &url,
+        "application/json",
+        None,
+        serde_json::to_vec(&metrics).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        s, 200,
+        "unknown JSON fields are ignored: an empty trace request"
+    );
     // gRPC: oversized → RESOURCE_EXHAUSTED; random bytes → INVALID_ARGUMENT.
-    let mut grpc = TraceServiceClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+    let mut grpc = TraceServiceClient::connect(format!("http://{}", app.grpc_addr))
+        .await
+        .unwrap();
     let mut big: ExportTraceServiceRequest = serde_json::from_str(&vector("trace.json")).unwrap();
     let span = big.resource_spans[0].scope_spans[0].spans[0].clone();
     for i in 0..2000u32 {
@@ -309,12 +417,22 @@ async fn bad_input_gets_the_spec_status_and_the_server_keeps_serving() {
 }
 
 async fn raw_grpc(endpoint: &str, bytes: Vec<u8>) -> Result<bytes::Bytes, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
     client.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
     client
-        .unary(tonic::Request::new(bytes), path, herdwatch_collector::otlp::grpc::RawCodec)
+        .unary(
+            tonic::Request::new(bytes),
+            path,
+            herdwatch_collector::otlp::grpc::RawCodec,
+        )
         .await
         .map(|r| r.into_inner())
 }
@@ -341,7 +459,8 @@ async fn backpressure_is_retryable_and_nothing_is_lost() {
         tasks.push(tokio::spawn(async move {
             let mut refusals = 0;
             loop {
-                let (s, _, _, retry) = post(&url, "application/x-protobuf", None, body.clone()).await;
+                let (s, _, _, retry) =
+                    post(&url, "application/x-protobuf", None, body.clone()).await;
                 match s {
                     200 => return refusals,
                     429 | 503 => {
@@ -361,11 +480,19 @@ async fn backpressure_is_retryable_and_nothing_is_lost() {
     assert!(refusals > 0, "the tiny bound refused something");
     let spans = app.store.spans(&Query::all());
     assert_eq!(spans.len(), 24 * 16, "every item stored exactly once");
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = metrics
         .lines()
         .find(|l| l.starts_with("herdwatch_backpressure_refusals_total{transport=\"http\"}"))
         .unwrap();
-    assert_eq!(line.rsplit(' ').next().unwrap().parse::<u64>().unwrap(), refusals);
+    assert_eq!(
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap(),
+        refusals
+    );
     app.shutdown().await;
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use herdwatch_analyzer::Analyzer;
 use herdwatch_analyzer::incident::{Kind, Report};
 use herdwatch_analyzer::model::Interner;
-use herdwatch_analyzer::Analyzer;
 use herdwatch_collector::decode::Decoder;
 use herdwatch_collector::files::read_file;
-use herdwatch_samples::{EmitOptions, Scenario, Semconv, EPOCH_UNIX_SECONDS};
+use herdwatch_samples::{EPOCH_UNIX_SECONDS, EmitOptions, Scenario, Semconv};
 
 fn analyse(scenario: Scenario, opts: EmitOptions) -> Report {
     let mut bytes = Vec::new();
@@ -38,7 +38,14 @@ fn check(scenario: Scenario, opts: EmitOptions) -> Report {
     let summary: Vec<String> = report
         .incidents
         .iter()
-        .map(|i| format!("{} {} onset {}", i.service, i.kind.as_str(), i.onset_unix_nano))
+        .map(|i| {
+            format!(
+                "{} {} onset {}",
+                i.service,
+                i.kind.as_str(),
+                i.onset_unix_nano
+            )
+        })
         .collect();
     match truth.kind {
         None => assert!(
@@ -47,9 +54,19 @@ fn check(scenario: Scenario, opts: EmitOptions) -> Report {
             scenario.name()
         ),
         Some(kind) => {
-            assert_eq!(report.incidents.len(), 1, "{}: {summary:?}", scenario.name());
+            assert_eq!(
+                report.incidents.len(),
+                1,
+                "{}: {summary:?}",
+                scenario.name()
+            );
             let i = &report.incidents[0];
-            assert_eq!(i.kind, Kind::parse(kind).unwrap(), "{}: {summary:?}", scenario.name());
+            assert_eq!(
+                i.kind,
+                Kind::parse(kind).unwrap(),
+                "{}: {summary:?}",
+                scenario.name()
+            );
             assert_eq!(Some(i.service.as_str()), truth.service);
             let onset_s = (i.onset_unix_nano / 1_000_000_000) as f64 - EPOCH_UNIX_SECONDS as f64;
             let truth_onset = truth.onset_s.unwrap();
@@ -60,7 +77,11 @@ fn check(scenario: Scenario, opts: EmitOptions) -> Report {
             );
             let ids: Vec<&str> = i.mitigations.iter().map(|m| m.id.as_str()).collect();
             for m in &truth.mitigations {
-                assert!(ids.contains(m), "{}: mitigation {m} missing from {ids:?}", scenario.name());
+                assert!(
+                    ids.contains(m),
+                    "{}: mitigation {m} missing from {ids:?}",
+                    scenario.name()
+                );
             }
             assert!(i.confidence > 0.5 && i.confidence <= 1.0);
             if kind != "db-saturation" {
@@ -91,7 +112,12 @@ fn db_saturation_is_not_called_a_stampede() {
 #[test]
 fn legacy_and_mixed_conventions_give_the_same_verdicts() {
     for semconv in [Semconv::Legacy, Semconv::Mixed] {
-        for s in [Scenario::SynchronizedExpiry, Scenario::HotKeyExpiry, Scenario::Baseline, Scenario::DbSaturation] {
+        for s in [
+            Scenario::SynchronizedExpiry,
+            Scenario::HotKeyExpiry,
+            Scenario::Baseline,
+            Scenario::DbSaturation,
+        ] {
             check(
                 s,
                 EmitOptions {
@@ -120,7 +146,11 @@ fn unsanitised_keys_name_the_hot_key() {
 
 #[test]
 fn app_attributes_alone_give_the_same_verdicts() {
-    for s in [Scenario::SynchronizedExpiry, Scenario::Mitigated, Scenario::ColdCache] {
+    for s in [
+        Scenario::SynchronizedExpiry,
+        Scenario::Mitigated,
+        Scenario::ColdCache,
+    ] {
         check(
             s,
             EmitOptions {
@@ -137,4 +167,24 @@ fn sanitised_keys_fall_back_to_the_url_path() {
     let top = &r.incidents[0].evidence.top_keys[0];
     assert_eq!(top.key, "/product/1");
     assert_eq!(top.group, "/product/{id}");
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let run = |seed| {
+        let mut out = Vec::new();
+        herdwatch_samples::generate(Scenario::ColdCache, seed, &EmitOptions::default(), &mut out)
+            .unwrap();
+        out
+    };
+    let (a, b) = (run(11), run(11));
+    let first_diff = a
+        .split(|c| *c == b'\n')
+        .zip(b.split(|c| *c == b'\n'))
+        .position(|(x, y)| x != y);
+    assert!(
+        a == b,
+        "same seed, different bytes from line {first_diff:?}"
+    );
+    assert!(a != run(12), "another seed gives another capture");
 }

@@ -11,10 +11,12 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::{BoxFuture, CompressionEncoding, EnabledCompressionEncodings, Service, StdError};
-use tonic::server::{NamedService, UnaryService};
 use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{
+    BoxFuture, CompressionEncoding, EnabledCompressionEncodings, Service, StdError,
+};
+use tonic::server::{NamedService, UnaryService};
 
 use super::{Encoding, Ingest};
 use crate::store::wal::Signal;
@@ -172,9 +174,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let ingest = self.ingest.clone();
         if req.uri().path() != S::PATH {
-            return Box::pin(async move {
-                Ok(Status::unimplemented("unknown method").into_http())
-            });
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
         }
         Box::pin(async move {
             let mut accept = EnabledCompressionEncodings::default();

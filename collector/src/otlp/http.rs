@@ -7,11 +7,11 @@
 
 use std::io::Read;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::post;
-use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use prost::Message;
 
@@ -78,7 +78,9 @@ async fn handle(ingest: Ingest, signal: Signal, headers: HeaderMap, body: Body) 
             return error_response(&e, Encoding::Json);
         }
     };
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if let Err(e) = ingest.check_auth(auth) {
         return error_response(&e, encoding);
     }
@@ -96,13 +98,18 @@ async fn handle(ingest: Ingest, signal: Signal, headers: HeaderMap, body: Body) 
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     IngestError::new(
                         ErrorCode::TooLarge,
                         format!("request body exceeds the limit of {limit} bytes"),
                     )
                 } else {
-                    IngestError::new(ErrorCode::InvalidArgument, format!("cannot read the request body: {e}"))
+                    IngestError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("cannot read the request body: {e}"),
+                    )
                 }
             })?
             .to_bytes();
@@ -129,7 +136,12 @@ pub fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Ing
         let read = reader
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| IngestError::new(ErrorCode::InvalidArgument, format!("invalid {name} body: {e}")))?;
+            .map_err(|e| {
+                IngestError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("invalid {name} body: {e}"),
+                )
+            })?;
         if read > limit {
             return Err(IngestError::new(
                 ErrorCode::TooLarge,
@@ -144,7 +156,10 @@ pub fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Ing
         "deflate" => bounded(&mut flate2::read::ZlibDecoder::new(&raw[..]), "deflate"),
         "zstd" => {
             let mut decoder = zstd::stream::read::Decoder::new(&raw[..]).map_err(|e| {
-                IngestError::new(ErrorCode::InvalidArgument, format!("invalid zstd body: {e}"))
+                IngestError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("invalid zstd body: {e}"),
+                )
             })?;
             bounded(&mut decoder, "zstd")
         }
@@ -185,7 +200,10 @@ mod tests {
 
     #[test]
     fn media_type_ignores_parameters_and_case() {
-        assert_eq!(media_type("Application/JSON; charset=utf-8"), "application/json");
+        assert_eq!(
+            media_type("Application/JSON; charset=utf-8"),
+            "application/json"
+        );
     }
 
     #[test]
@@ -201,7 +219,10 @@ mod tests {
     #[test]
     fn zstd_round_trips() {
         let raw = zstd::encode_all(&b"hello"[..], 3).unwrap();
-        assert_eq!(&decompress("zstd", Bytes::from(raw), 100).unwrap()[..], b"hello");
+        assert_eq!(
+            &decompress("zstd", Bytes::from(raw), 100).unwrap()[..],
+            b"hello"
+        );
         assert_eq!(
             decompress("br", Bytes::new(), 10).unwrap_err().code,
             ErrorCode::UnsupportedMediaType

@@ -184,7 +184,12 @@ impl Ingest {
         }
     }
 
-    fn decode(&self, signal: Signal, encoding: Encoding, body: &Bytes) -> Result<Decoded, IngestError> {
+    fn decode(
+        &self,
+        signal: Signal,
+        encoding: Encoding,
+        body: &Bytes,
+    ) -> Result<Decoded, IngestError> {
         let d = &self.decoder;
         let (batch, protobuf) = match (signal, encoding) {
             (Signal::Traces, Encoding::Protobuf) => {
@@ -260,22 +265,28 @@ impl Ingest {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.decode(signal, encoding, &body))
                 .await
-                .map_err(|e| IngestError::new(ErrorCode::Internal, format!("decoder task failed: {e}")))??
+                .map_err(|e| {
+                    IngestError::new(ErrorCode::Internal, format!("decoder task failed: {e}"))
+                })??
         } else {
             self.decode(signal, encoding, &body)?
         };
         let Decoded { batch, protobuf } = decoded;
         let rejected = batch.rejected;
         let reason = batch.reject_reason.clone().unwrap_or_default();
-        let accepted =
-            (batch.spans.len() + batch.points.len() + batch.markers.len()) as u64 + batch.other_logs;
-        self.metrics.dropped_attributes.add(batch.dropped_attributes);
+        let accepted = (batch.spans.len() + batch.points.len() + batch.markers.len()) as u64
+            + batch.other_logs;
+        self.metrics
+            .dropped_attributes
+            .add(batch.dropped_attributes);
         if accepted > 0 {
             self.store.append(signal, protobuf, batch).await?;
         }
         self.metrics.accepted(signal, transport, accepted);
         self.metrics.rejected(signal, transport, rejected);
-        self.metrics.interned_overflow.set(self.decoder.interner().overflowed());
+        self.metrics
+            .interned_overflow
+            .set(self.decoder.interner().overflowed());
         if rejected > 0 {
             tracing::info!(signal = signal.as_str(), transport = transport.as_str(), rejected, reason = %reason, "items rejected");
         }
@@ -301,19 +312,19 @@ pub fn response(signal: Signal, encoding: Encoding, rejected: u64, reason: Strin
     }
     match signal {
         Signal::Traces => encode!(ExportTraceServiceResponse {
-            partial_success: partial.then(|| ExportTracePartialSuccess {
+            partial_success: partial.then_some(ExportTracePartialSuccess {
                 rejected_spans: rejected,
                 error_message: reason,
             }),
         }),
         Signal::Metrics => encode!(ExportMetricsServiceResponse {
-            partial_success: partial.then(|| ExportMetricsPartialSuccess {
+            partial_success: partial.then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,
                 error_message: reason,
             }),
         }),
         Signal::Logs => encode!(ExportLogsServiceResponse {
-            partial_success: partial.then(|| ExportLogsPartialSuccess {
+            partial_success: partial.then_some(ExportLogsPartialSuccess {
                 rejected_log_records: rejected,
                 error_message: reason,
             }),
@@ -332,11 +343,23 @@ mod tests {
     #[test]
     fn codes_map_to_both_transports() {
         assert_eq!(ErrorCode::TooLarge.grpc(), tonic::Code::ResourceExhausted);
-        assert_eq!(ErrorCode::TooLarge.http(), ::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            ErrorCode::TooLarge.http(),
+            ::http::StatusCode::PAYLOAD_TOO_LARGE
+        );
         assert_eq!(ErrorCode::Overloaded.grpc(), tonic::Code::Unavailable);
-        assert_eq!(ErrorCode::Overloaded.http(), ::http::StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(ErrorCode::Unavailable.http(), ::http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ErrorCode::InvalidArgument.grpc(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            ErrorCode::Overloaded.http(),
+            ::http::StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            ErrorCode::Unavailable.http(),
+            ::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ErrorCode::InvalidArgument.grpc(),
+            tonic::Code::InvalidArgument
+        );
         assert!(ErrorCode::InvalidArgument.retry_after_secs().is_none());
     }
 

@@ -28,11 +28,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::decode::Decoder;
 use crate::telemetry::Metrics;
-use wal::{list_segments, segment_path, SegmentReader, SegmentWriter, Signal};
+use wal::{SegmentReader, SegmentWriter, Signal, list_segments, segment_path};
 
 /// Validated store settings.
 #[derive(Debug, Clone)]
@@ -294,7 +294,11 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let hot = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
         let mut stats = hot.stats.clone();
-        let segs = self.inner.segments.read().unwrap_or_else(|e| e.into_inner());
+        let segs = self
+            .inner
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         stats.store_bytes = segs.iter().map(|s| s.bytes).sum();
         stats.segments = segs.len() as u64;
         stats.hot_bytes = hot.bytes as u64;
@@ -379,14 +383,12 @@ impl Store {
         };
         if q.from_unix_nano <= evicted_up_to && evicted_up_to > 0 {
             let to = q.to_unix_nano.min(evicted_up_to.saturating_add(1));
-            self.inner.scan_disk(q.from_unix_nano, to, &mut |b| f(Chunk::Disk(b)));
+            self.inner
+                .scan_disk(q.from_unix_nano, to, &mut |b| f(Chunk::Disk(b)));
         }
         let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<&Arc<str>> = h
-            .services
-            .keys()
-            .filter(|s| q.service_matches(s))
-            .collect();
+        let mut names: Vec<&Arc<str>> =
+            h.services.keys().filter(|s| q.service_matches(s)).collect();
         names.sort();
         for name in names {
             f(Chunk::Hot(&h.services[name]));
@@ -522,7 +524,9 @@ impl Inner {
                         dedup.commit(&batch.spans);
                         self.apply(batch, dups);
                     }
-                    None => tracing::warn!(segment = %path.display(), "stored record does not decode; skipped"),
+                    None => {
+                        tracing::warn!(segment = %path.display(), "stored record does not decode; skipped")
+                    }
                 }
             }
             if let Some(problem) = &reader.corruption {
@@ -625,7 +629,11 @@ impl Inner {
             svc.points.push_back(p);
         }
         for m in batch.markers {
-            let st = h.stats.services.entry(m.resource.service.to_string()).or_default();
+            let st = h
+                .stats
+                .services
+                .entry(m.resource.service.to_string())
+                .or_default();
             st.log_records += 1;
             h.stats.totals.log_records += 1;
             let svc = h.services.entry(m.resource.service.clone()).or_default();
@@ -867,7 +875,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -925,7 +933,8 @@ mod tests {
         let decoder = Decoder::default();
         let metrics = Arc::new(Metrics::default());
         {
-            let store = Store::open(StoreConfig::new(&dir), decoder.clone(), metrics.clone()).unwrap();
+            let store =
+                Store::open(StoreConfig::new(&dir), decoder.clone(), metrics.clone()).unwrap();
             assert_eq!(put(&store, &decoder, &[1, 2, 3]).await.spans, 3);
             let again = put(&store, &decoder, &[2, 3, 4]).await;
             assert_eq!((again.spans, again.duplicates), (1, 2));

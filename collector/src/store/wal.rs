@@ -173,7 +173,11 @@ impl SegmentReader {
             Ok(()) => Some("bad segment magic".to_string()),
             Err(_) => Some("segment shorter than its header".to_string()),
         };
-        let valid_len = if corruption.is_some() { 0 } else { MAGIC.len() as u64 };
+        let valid_len = if corruption.is_some() {
+            0
+        } else {
+            MAGIC.len() as u64
+        };
         Ok(Self {
             reader,
             valid_len,
@@ -202,7 +206,10 @@ impl SegmentReader {
         let len = u32::from_le_bytes(head[0..4].try_into().unwrap_or_default()) as usize;
         let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
         if !(BODY_HEADER..=MAX_RECORD).contains(&len) {
-            self.corruption = Some(format!("bad record length {len} at byte {}", self.valid_len));
+            self.corruption = Some(format!(
+                "bad record length {len} at byte {}",
+                self.valid_len
+            ));
             return None;
         }
         let mut body = vec![0u8; len];
@@ -222,7 +229,10 @@ impl SegmentReader {
             return None;
         }
         let Some(signal) = Signal::from_u8(body[0]) else {
-            self.corruption = Some(format!("unknown signal {} at byte {}", body[0], self.valid_len));
+            self.corruption = Some(format!(
+                "unknown signal {} at byte {}",
+                body[0], self.valid_len
+            ));
             return None;
         };
         let min_time = u64::from_le_bytes(body[1..9].try_into().unwrap_or_default());
@@ -282,7 +292,10 @@ mod tests {
 
         let mut r = SegmentReader::open(&segment_path(&dir, 1)).unwrap();
         let a = r.next_record().unwrap();
-        assert_eq!((a.signal, a.min_time, a.payload.as_slice()), (Signal::Traces, 1, &b"first"[..]));
+        assert_eq!(
+            (a.signal, a.min_time, a.payload.as_slice()),
+            (Signal::Traces, 1, &b"first"[..])
+        );
         let b = r.next_record().unwrap();
         assert_eq!(b.payload, b"second");
         assert!(r.next_record().is_none());

@@ -1,0 +1,234 @@
+//! Ingestion cost of a `herdwatch serve` process: CPU time per span and
+//! peak RSS, read from /proc for the server process only (the load comes
+//! from this process). Batches of 512 spans with 10 attributes each.
+//!
+//! cargo run --release --example ingest_bench -- BIN [seconds] [rate]
+//! `rate` = spans/s to hold (0 = as fast as possible).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+
+fn kv(k: &str, v: Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn batch(seq: u64) -> ExportTraceServiceRequest {
+    let spans = (0..512u64)
+        .map(|i| {
+            let n = seq * 512 + i;
+            Span {
+                trace_id: [n.to_be_bytes(), 7u64.to_be_bytes()].concat(),
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                parent_span_id: if i % 4 == 0 {
+                    vec![]
+                } else {
+                    (n).to_be_bytes().to_vec()
+                },
+                name: if i % 4 == 0 {
+                    "GET /product/{id}".into()
+                } else {
+                    "GET".into()
+                },
+                kind: if i % 4 == 0 { 2 } else { 3 },
+                start_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000,
+                end_time_unix_nano: 1_700_000_000_000_000_000 + n * 1000 + 500_000,
+                attributes: vec![
+                    kv("http.request.method", Value::StringValue("GET".into())),
+                    kv("http.route", Value::StringValue("/product/{id}".into())),
+                    kv(
+                        "url.path",
+                        Value::StringValue(format!("/product/{}", n % 5000)),
+                    ),
+                    kv("http.response.status_code", Value::IntValue(200)),
+                    kv("db.system.name", Value::StringValue("redis".into())),
+                    kv("db.operation.name", Value::StringValue("GET".into())),
+                    kv("db.query.text", Value::StringValue("GET ?".into())),
+                    kv("server.address", Value::StringValue("cache-1".into())),
+                    kv("network.peer.port", Value::IntValue(6379)),
+                    kv("thread.id", Value::IntValue((n % 64) as i64)),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", Value::StringValue("bench".into()))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args.get(1).expect("path to the herdwatch binary");
+    let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let rate: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let transport = args.get(4).cloned().unwrap_or_else(|| "grpc".into());
+    let dir = std::env::temp_dir().join(format!("herdwatch-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
+            "--hot-bytes",
+            "16777216",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("HERDWATCH_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herdwatch");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (grpc, http) = loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.contains("OTLP gRPC") {
+            let g = l
+                .split("OTLP gRPC ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            let h = l
+                .split("OTLP HTTP ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            break (g, h);
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    // Pre-encode payloads so the load generator is cheap.
+    let payloads: Vec<ExportTraceServiceRequest> = (0..64).map(batch).collect();
+    let json: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| serde_json::to_vec(p).unwrap())
+        .collect();
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let workers = 4;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (grpc, http, payloads, json) =
+            (grpc.clone(), http.clone(), payloads.clone(), json.clone());
+        let transport = transport.clone();
+        handles.push(tokio::spawn(async move {
+            let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+            let web = reqwest::Client::new();
+            let mut n = 0u64;
+            let mut seq = w as u64 * 1_000_000;
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(seconds) {
+                if rate > 0 {
+                    let due = (t0.elapsed().as_secs_f64() * rate as f64 / workers as f64) as u64;
+                    if n * 512 >= due {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                }
+                // Fresh ids per batch so dedup does not short-circuit.
+                let i = (seq % 64) as usize;
+                let mut req = payloads[i].clone();
+                for (k, s) in req.resource_spans[0].scope_spans[0]
+                    .spans
+                    .iter_mut()
+                    .enumerate()
+                {
+                    s.trace_id[8..].copy_from_slice(&(seq * 512 + k as u64).to_be_bytes());
+                }
+                let ok = if transport == "http-json" {
+                    let body = if seq < 64 {
+                        json[i].clone()
+                    } else {
+                        serde_json::to_vec(&req).unwrap()
+                    };
+                    web.post(format!("http://{http}/v1/traces"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                } else {
+                    client.export(req).await.is_ok()
+                };
+                if ok {
+                    n += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                seq += 1;
+            }
+            n * 512
+        }));
+    }
+    for h in handles {
+        sent += h.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let rss = hwm_kib(pid);
+    println!(
+        "ingest {transport}: {sent} spans in {elapsed:.1} s = {:.0} spans/s; server CPU {:.2} µs/span ({:.0} % of a core); peak RSS {:.1} MiB",
+        sent as f64 / elapsed,
+        cpu * 1e6 / sent.max(1) as f64,
+        cpu / elapsed * 100.0,
+        rss as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Message::encoded_len(&payloads[0]);
+}
