@@ -496,3 +496,135 @@ async fn backpressure_is_retryable_and_nothing_is_lost() {
     );
     app.shutdown().await;
 }
+
+fn numbered(template: &ExportTraceServiceRequest, t: u64, n: u64) -> ExportTraceServiceRequest {
+    let mut req = template.clone();
+    let span = req.resource_spans[0].scope_spans[0].spans[0].clone();
+    req.resource_spans[0].scope_spans[0].spans = (0..n)
+        .map(|i| {
+            let mut s = span.clone();
+            s.trace_id = [t.to_be_bytes(), (i + 1).to_be_bytes()].concat();
+            s.span_id = (t * 1000 + i + 1).to_be_bytes().to_vec();
+            s
+        })
+        .collect();
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_compression_and_retryable_backpressure() {
+    use tonic::codec::CompressionEncoding;
+    let app = testsuite::start("grpc", "[store]\ninflight_bytes = 8192\n").await;
+    let template: ExportTraceServiceRequest = serde_json::from_str(&vector("trace.json")).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for (t, enc) in [
+        (1, CompressionEncoding::Gzip),
+        (2, CompressionEncoding::Zstd),
+    ] {
+        let mut c = TraceServiceClient::new(channel.clone())
+            .send_compressed(enc)
+            .accept_compressed(enc);
+        c.export(numbered(&template, t, 3))
+            .await
+            .expect("compressed export");
+    }
+    assert_eq!(app.store.stats().totals.spans, 6);
+    // Concurrent exports over a tiny memory bound: UNAVAILABLE, then retried.
+    let mut tasks = Vec::new();
+    for t in 10..30u64 {
+        let mut c = TraceServiceClient::new(channel.clone());
+        let req = numbered(&template, t, 16);
+        tasks.push(tokio::spawn(async move {
+            let mut refusals = 0;
+            loop {
+                match c.export(req.clone()).await {
+                    Ok(_) => return refusals,
+                    Err(e) if e.code() == tonic::Code::Unavailable => {
+                        refusals += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+        }));
+    }
+    let mut refusals = 0;
+    for t in tasks {
+        refusals += t.await.unwrap();
+    }
+    assert!(refusals > 0, "the bound refused something");
+    assert_eq!(
+        app.store.stats().totals.spans,
+        6 + 20 * 16,
+        "each span stored exactly once"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_metrics_arrive_with_their_kinds() {
+    use opentelemetry::metrics::MeterProvider as _;
+    let app = testsuite::start("sdk-metrics", "").await;
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", app.grpc_addr))
+        .build()
+        .unwrap();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter)
+        .with_resource(
+            Resource::builder_empty()
+                .with_attributes([KeyValue::new("service.name", "metered")])
+                .build(),
+        )
+        .build();
+    let meter = provider.meter("it");
+    meter.u64_counter("redis.keyspace.hits").build().add(5, &[]);
+    meter
+        .i64_up_down_counter("db.client.connection.count")
+        .build()
+        .add(7, &[KeyValue::new("db.client.connection.state", "used")]);
+    meter
+        .f64_histogram("http.server.request.duration")
+        .with_unit("s")
+        .build()
+        .record(0.25, &[KeyValue::new("http.route", "/p")]);
+    meter
+        .f64_gauge("system.cpu.utilization")
+        .build()
+        .record(0.5, &[]);
+    let p = provider.clone();
+    tokio::task::spawn_blocking(move || p.force_flush())
+        .await
+        .unwrap()
+        .expect("flush");
+    let points = app.store.points(&Query {
+        service: Some("metered".into()),
+        ..Query::all()
+    });
+    use herdwatch_analyzer::model::MetricValue;
+    let find = |n: &str| {
+        points
+            .iter()
+            .find(|p| &*p.name == n)
+            .unwrap_or_else(|| panic!("{n} missing: {points:?}"))
+    };
+    assert!(
+        matches!(find("redis.keyspace.hits").value, MetricValue::Sum { value, monotonic: true, .. } if value == 5.0)
+    );
+    let pool = find("db.client.connection.count");
+    assert!(matches!(pool.value, MetricValue::Sum { value, monotonic: false, .. } if value == 7.0));
+    assert_eq!(pool.attribute("db.client.connection.state"), Some("used"));
+    assert!(matches!(
+        &find("http.server.request.duration").value,
+        MetricValue::Histogram { count: 1, .. }
+    ));
+    assert!(matches!(find("system.cpu.utilization").value, MetricValue::Gauge(v) if v == 0.5));
+    let p = provider.clone();
+    let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    app.shutdown().await;
+}

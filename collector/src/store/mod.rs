@@ -321,10 +321,10 @@ impl Store {
                     .filter(|s| q.service_matches(s.service()) && q.time_matches(s.start_unix_nano))
                     .cloned(),
             ),
-            Chunk::Hot(h) => out.extend(
+            Chunk::Hot(h, floor) => out.extend(
                 h.spans
                     .iter()
-                    .filter(|s| q.time_matches(s.start_unix_nano))
+                    .filter(|s| s.start_unix_nano > floor && q.time_matches(s.start_unix_nano))
                     .cloned(),
             ),
         });
@@ -341,10 +341,10 @@ impl Store {
                     .filter(|p| q.service_matches(p.service()) && q.time_matches(p.time_unix_nano))
                     .cloned(),
             ),
-            Chunk::Hot(h) => out.extend(
+            Chunk::Hot(h, floor) => out.extend(
                 h.points
                     .iter()
-                    .filter(|p| q.time_matches(p.time_unix_nano))
+                    .filter(|p| p.time_unix_nano > floor && q.time_matches(p.time_unix_nano))
                     .cloned(),
             ),
         });
@@ -363,10 +363,10 @@ impl Store {
                     })
                     .cloned(),
             ),
-            Chunk::Hot(h) => out.extend(
+            Chunk::Hot(h, floor) => out.extend(
                 h.markers
                     .iter()
-                    .filter(|m| q.time_matches(m.time_unix_nano))
+                    .filter(|m| m.time_unix_nano > floor && q.time_matches(m.time_unix_nano))
                     .cloned(),
             ),
         });
@@ -381,24 +381,29 @@ impl Store {
             let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
             h.evicted_up_to
         };
+        // Rows at or below the eviction mark come from disk (which holds
+        // them all); hot rows above it complete the answer without overlap.
+        let mut floor = 0;
         if q.from_unix_nano <= evicted_up_to && evicted_up_to > 0 {
             let to = q.to_unix_nano.min(evicted_up_to.saturating_add(1));
             self.inner
                 .scan_disk(q.from_unix_nano, to, &mut |b| f(Chunk::Disk(b)));
+            floor = evicted_up_to;
         }
         let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<&Arc<str>> =
             h.services.keys().filter(|s| q.service_matches(s)).collect();
         names.sort();
         for name in names {
-            f(Chunk::Hot(&h.services[name]));
+            f(Chunk::Hot(&h.services[name], floor));
         }
     }
 }
 
 enum Chunk<'a> {
     Disk(&'a Batch),
-    Hot(&'a ServiceHot),
+    /// In-memory rows, and the time at or below which the disk answered.
+    Hot(&'a ServiceHot, u64),
 }
 
 /// FIFO-bounded set of span fingerprints.
@@ -813,6 +818,8 @@ impl Inner {
                     Ok(w) => {
                         self.add_segment(w.seq, w.bytes);
                         writer = w;
+                        self.enforce_retention(writer.seq);
+                        last_retention = Instant::now();
                     }
                     Err(e) => tracing::error!(error = %e, "cannot rotate segment"),
                 }
@@ -965,6 +972,57 @@ mod tests {
         let mut ids: Vec<u8> = store.spans(&q).iter().map(|s| s.span_id[0]).collect();
         ids.sort();
         assert_eq!(ids, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn retention_by_bytes_deletes_the_oldest_segments() {
+        let dir = tmp("retention");
+        let decoder = Decoder::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut config = StoreConfig::new(&dir);
+        config.segment_bytes = 4096;
+        config.retention_bytes = 3 * 4096;
+        let store = Store::open(config, decoder.clone(), metrics.clone()).unwrap();
+        for i in 0..200u8 {
+            put(&store, &decoder, &[i]).await;
+        }
+        let on_disk: u64 = wal::list_segments(&dir)
+            .unwrap()
+            .iter()
+            .map(|s| std::fs::metadata(segment_path(&dir, *s)).unwrap().len())
+            .sum();
+        assert!(
+            on_disk <= 4 * 4096 + 512,
+            "bounded: {on_disk} bytes on disk"
+        );
+        assert!(metrics.segments_deleted.get() > 0);
+        assert_eq!(store.stats().store_bytes, on_disk);
+        // The newest data is still there.
+        assert!(
+            store
+                .spans(&Query::all())
+                .iter()
+                .any(|s| s.span_id[0] == 199)
+        );
+    }
+
+    #[tokio::test]
+    async fn hot_and_disk_answers_do_not_overlap() {
+        let dir = tmp("overlap");
+        let decoder = Decoder::default();
+        let mut config = StoreConfig::new(&dir);
+        config.hot_bytes = 3 * std::mem::size_of::<SpanRow>();
+        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        for i in 1..=20u8 {
+            put(&store, &decoder, &[i]).await;
+        }
+        let mut ids: Vec<u8> = store
+            .spans(&Query::all())
+            .iter()
+            .map(|s| s.span_id[0])
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (1..=20).collect::<Vec<u8>>());
     }
 
     #[tokio::test]
