@@ -242,6 +242,12 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .flatten()
             .min()
             .unwrap_or(spike);
+        // Live data may end right after the first flag: a burst needs
+        // `burst_min_buckets` buckets to be seen, so do not decide (and
+        // misname) the incident before they are in.
+        if ep.open && n - first <= config.burst_min_buckets + 1 {
+            continue;
+        }
         let window = first..ep.end;
         let db_ms: f64 = series.buckets[window.clone()].iter().map(|b| b.db_ms).sum();
         let rc_ms: f64 = series.buckets[window.clone()]

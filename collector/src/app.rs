@@ -139,7 +139,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         metrics: metrics.clone(),
         ready: ready_rx,
     };
-    let live = Live::start(&config, store.clone(), metrics.clone(), shutdown_rx.clone());
+    let live = Live::start(
+        &config,
+        store.clone(),
+        metrics.clone(),
+        format!("http://{dashboard_addr}"),
+        shutdown_rx.clone(),
+    );
     let mut tasks = Vec::new();
 
     let signal = |mut rx: watch::Receiver<bool>| async move {

@@ -86,6 +86,8 @@ pub struct RawDashboard {
 #[serde(deny_unknown_fields)]
 pub struct RawAlerts {
     pub webhook_url: Option<String>,
+    /// First retry delay; doubles each attempt (full jitter).
+    pub retry_base_ms: Option<u64>,
 }
 
 /// Overrides from environment and flags (a `None` leaves the file's value).
@@ -194,6 +196,7 @@ pub struct Config {
     pub trace_link: Option<String>,
     pub live_window: Duration,
     pub webhook_url: Option<String>,
+    pub webhook_retry_base: Duration,
 }
 
 fn addr(key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -361,6 +364,7 @@ impl Config {
             trace_link: o.trace_link.clone().or(dashboard.trace_link),
             live_window: Duration::from_secs_f64(live_window),
             webhook_url: o.webhook_url.clone().or(alerts.webhook_url),
+            webhook_retry_base: Duration::from_millis(alerts.retry_base_ms.unwrap_or(500).max(1)),
         })
     }
 }

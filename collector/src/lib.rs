@@ -2,6 +2,7 @@
 //! analyzer's model, the embedded durable store, file readers for batch
 //! analysis, live analysis, and the wiring of the `herdwatch` binary.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

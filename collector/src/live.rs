@@ -15,6 +15,7 @@ use herdwatch_analyzer::incident::{Incident, ServiceSummary};
 use herdwatch_dashboard::{DashboardConfig, Source};
 use tokio::sync::watch;
 
+use crate::alerts::Notifier;
 use crate::config::Config;
 use crate::store::{Query, Store};
 use crate::telemetry::Metrics;
@@ -115,6 +116,7 @@ impl Live {
         config: &Config,
         store: Store,
         metrics: Arc<Metrics>,
+        dashboard_url: String,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let path = config.store.dir.join(REGISTRY_FILE);
@@ -142,10 +144,20 @@ impl Live {
         });
         let live = Self { inner };
         let analyzer = Analyzer::new(config.analysis.clone(), config.slos.clone());
-        tokio::spawn(
-            live.clone()
-                .run(analyzer, store, metrics, config.live_window, shutdown),
-        );
+        let notifier = config.webhook_url.clone().map(|url| {
+            (
+                Notifier::start(url, config.webhook_retry_base),
+                dashboard_url,
+            )
+        });
+        tokio::spawn(live.clone().run(
+            analyzer,
+            store,
+            metrics,
+            config.live_window,
+            notifier,
+            shutdown,
+        ));
         live
     }
 
@@ -168,6 +180,7 @@ impl Live {
         store: Store,
         metrics: Arc<Metrics>,
         window: Duration,
+        notifier: Option<(Notifier, String)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -238,6 +251,26 @@ impl Live {
             for id in &resolved {
                 tracing::info!(incident = %id, "incident resolved");
             }
+            if let Some((notifier, url)) = &notifier {
+                let reg = self
+                    .inner
+                    .incidents
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                // One delivery per transition: opened (firing), then resolved.
+                for id in &opened {
+                    if let Some(i) = reg.iter().find(|i| &i.id == id) {
+                        let mut firing = i.clone();
+                        firing.end_unix_nano = None;
+                        notifier.notify(&firing, url);
+                    }
+                }
+                for id in &resolved {
+                    if let Some(i) = reg.iter().find(|i| &i.id == id) {
+                        notifier.notify(i, url);
+                    }
+                }
+            }
             if let Some(snapshot) = snapshot {
                 let path = self.inner.path.clone();
                 let _ = tokio::task::spawn_blocking(move || persist(&path, &snapshot)).await;
@@ -260,5 +293,59 @@ fn persist(path: &std::path::Path, incidents: &[Incident]) {
         });
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "cannot persist the incident registry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herdwatch_analyzer::incident::Kind;
+    use herdwatch_analyzer::testsuite::incident;
+
+    #[test]
+    fn merge_keeps_the_id_while_an_incident_lasts_and_reports_transitions() {
+        let mut reg = Vec::new();
+        let (o, r) = merge(
+            &mut reg,
+            vec![incident(
+                "first",
+                "shop",
+                Kind::SynchronizedExpiry,
+                1000,
+                true,
+            )],
+        );
+        assert_eq!((o, r), (vec!["first".to_string()], vec![]));
+        // Next pass: same incident, onset a bucket later, new id from detection.
+        let (o, r) = merge(
+            &mut reg,
+            vec![incident(
+                "other",
+                "shop",
+                Kind::SynchronizedExpiry,
+                1001,
+                true,
+            )],
+        );
+        assert!(o.is_empty() && r.is_empty());
+        assert_eq!(reg.len(), 1);
+        assert_eq!(
+            (reg[0].id.as_str(), reg[0].onset_unix_nano),
+            ("first", 1000 * 1_000_000_000)
+        );
+        // It ends: one resolve transition, still the first id.
+        let (o, r) = merge(
+            &mut reg,
+            vec![incident("x", "shop", Kind::SynchronizedExpiry, 1001, false)],
+        );
+        assert_eq!((o.len(), r), (0, vec!["first".to_string()]));
+        // Another service, much later: a new incident.
+        let (o, _) = merge(
+            &mut reg,
+            vec![incident("late", "billing", Kind::DbSaturation, 9000, true)],
+        );
+        assert_eq!(o, vec!["late".to_string()]);
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg[0].id, "late", "newest first");
     }
 }
