@@ -5,8 +5,6 @@
 //! cargo run --release --example ingest_bench -- BIN [seconds] [rate]
 //! `rate` = spans/s to hold (0 = as fast as possible).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -104,48 +102,12 @@ async fn main() {
     let transport = args.get(4).cloned().unwrap_or_else(|| "grpc".into());
     let dir = std::env::temp_dir().join(format!("herdwatch-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-            "--hot-bytes",
-            "16777216",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .env("HERDWATCH_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herdwatch");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (grpc, http) = loop {
-        let l = lines.next().unwrap().unwrap();
-        if l.contains("OTLP gRPC") {
-            let g = l
-                .split("OTLP gRPC ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-            let h = l
-                .split("OTLP HTTP ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-            break (g, h);
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let served = herdwatch_collector::testsuite::spawn_serve(
+        std::path::Path::new(bin),
+        &dir,
+        &["--hot-bytes", "16777216"],
+    );
+    let (grpc, http, mut child) = (served.grpc, served.http, served.child);
     let pid = child.id();
     // Pre-encode payloads so the load generator is cheap.
     let payloads: Vec<ExportTraceServiceRequest> = (0..64).map(batch).collect();

@@ -12,5 +12,5 @@ pub mod live;
 pub mod otlp;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "testsuite")]
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;

@@ -35,3 +35,100 @@ pub async fn start(name: &str, toml: &str) -> Running {
         .await
         .expect("collector starts")
 }
+
+/// A `herdwatch serve` child process on loopback ports picked at run time.
+pub struct ServeChild {
+    pub child: std::process::Child,
+    pub grpc: String,
+    pub http: String,
+    pub dashboard: String,
+}
+
+/// Spawn `bin serve` on `dir` (plus `extra` flags) and read the addresses it
+/// prints; its stderr keeps being drained so it never blocks.
+pub fn spawn_serve(bin: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> ServeChild {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--dashboard-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("HERDWATCH_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn herdwatch serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = loop {
+        let line = lines
+            .next()
+            .expect("herdwatch printed its addresses")
+            .expect("readable stderr");
+        if line.contains("herdwatch listening") {
+            break line;
+        }
+    };
+    let after = |tag: &str| {
+        line.split(tag)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    std::thread::spawn(move || for _ in lines {});
+    ServeChild {
+        grpc: after("OTLP gRPC "),
+        http: after("OTLP HTTP "),
+        dashboard: after("dashboard "),
+        child,
+    }
+}
+
+/// A trace export request for `service` with one server span per id:
+/// trace id `[id; 16]`-like from `(batch, i)`, span id from `(batch, i)`.
+pub fn trace_request(
+    service: &str,
+    batch: u64,
+    spans: u64,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue(service.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: (0..spans)
+                    .map(|i| Span {
+                        trace_id: [batch.to_be_bytes(), (i + 1).to_be_bytes()].concat(),
+                        span_id: (batch * 1000 + i + 1).to_be_bytes().to_vec(),
+                        name: "GET /".into(),
+                        kind: 2,
+                        start_time_unix_nano: 1_700_000_000_000_000_000 + batch * 1_000_000,
+                        end_time_unix_nano: 1_700_000_000_001_000_000 + batch * 1_000_000,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

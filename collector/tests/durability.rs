@@ -3,8 +3,6 @@
 //! (ids compared), and a deliberately torn tail is cut off cleanly.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,80 +10,20 @@ use herdwatch_analyzer::model::Interner;
 use herdwatch_collector::decode::Decoder;
 use herdwatch_collector::store::{Query, Store, StoreConfig};
 use herdwatch_collector::telemetry::Metrics;
+use herdwatch_collector::testsuite;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-struct Server {
-    child: Child,
-    http: String,
-}
-
-fn spawn(dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herdwatch"))
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("HERDWATCH_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herdwatch");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let http = loop {
-        let line = lines
-            .next()
-            .expect("herdwatch printed its addresses")
-            .unwrap();
-        if let Some(rest) = line.split("OTLP HTTP ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, http }
+fn spawn(dir: &std::path::Path) -> testsuite::ServeChild {
+    testsuite::spawn_serve(
+        std::path::Path::new(env!("CARGO_BIN_EXE_herdwatch")),
+        dir,
+        &[],
+    )
 }
 
 fn request(batch: u64, n: u64) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("durable".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: (0..n)
-                    .map(|i| Span {
-                        trace_id: [batch.to_be_bytes(), (i + 1).to_be_bytes()].concat(),
-                        span_id: (batch * 1000 + i + 1).to_be_bytes().to_vec(),
-                        name: "GET /".into(),
-                        kind: 2,
-                        start_time_unix_nano: 1_700_000_000_000_000_000 + batch * 1_000_000,
-                        end_time_unix_nano: 1_700_000_000_001_000_000 + batch * 1_000_000,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    testsuite::trace_request("durable", batch, n)
 }
 
 fn stored_ids(dir: &std::path::Path) -> HashSet<[u8; 8]> {

@@ -882,9 +882,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("hw-store-{name}-{}", std::process::id()));
@@ -892,37 +889,22 @@ mod tests {
         dir
     }
 
+    /// One span per id `i`, starting at 1000 + i ns.
     fn request(ids: &[u8]) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(Value::StringValue("shop".into())),
-                        }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: ids
-                        .iter()
-                        .map(|&i| Span {
-                            trace_id: vec![i; 16],
-                            span_id: vec![i; 8],
-                            name: "GET /".into(),
-                            kind: 2,
-                            start_time_unix_nano: 1_000 + i as u64,
-                            end_time_unix_nano: 2_000 + i as u64,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
+        let mut r = crate::testsuite::trace_request("shop", 0, 0);
+        let spans = &mut r.resource_spans[0].scope_spans[0].spans;
+        for &i in ids {
+            spans.push(opentelemetry_proto::tonic::trace::v1::Span {
+                trace_id: vec![i; 16],
+                span_id: vec![i; 8],
+                name: "GET /".into(),
+                kind: 2,
+                start_time_unix_nano: 1_000 + i as u64,
+                end_time_unix_nano: 2_000 + i as u64,
                 ..Default::default()
-            }],
+            });
         }
+        r
     }
 
     async fn put(store: &Store, decoder: &Decoder, ids: &[u8]) -> AppendOutcome {
