@@ -627,6 +627,12 @@ pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
         .unwrap_or_default();
     let top = e.top_keys.first();
     match kind {
+        Kind::SynchronizedExpiry if e.distinct_keys_recomputed == 0 => format!(
+            "Cache stampede in {service}: misses jumped from {:.0}/s to {:.0}/s (miss ratio {}) ahead of database saturation and a latency spike; keys are not visible in this telemetry, so the kind is the likeliest one, not a proven one.",
+            e.miss_rate_baseline_per_s,
+            e.miss_rate_peak_per_s,
+            pct(e.miss_ratio_peak)
+        ),
         Kind::SynchronizedExpiry => format!(
             "Cache stampede in {service}: {} distinct keys expired together (misses {:.0}/s vs {:.0}/s baseline){}, and their recomputes saturated the database{share}.",
             e.distinct_keys_recomputed,

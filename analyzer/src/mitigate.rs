@@ -164,6 +164,25 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
             },
         ));
     }
+    if stampede && recomputes_before == 0 {
+        // Metrics only: the fit is clear, the replay needs traces.
+        out.push((
+            10,
+            Mitigation {
+                id: "single-flight".into(),
+                title: "Single-flight / per-key lock around recompute".into(),
+                because: format!(
+                    "misses rose from {:.0}/s to {:.0}/s while the database saturated",
+                    ev.miss_rate_baseline_per_s, ev.miss_rate_peak_per_s
+                ),
+                change: "On a miss, take a per-key lock so one caller recomputes and fills while the others wait for the fill or serve the stale value.".into(),
+                effect: "not replayable from metrics alone: send traces (cache and database client spans) to estimate it".into(),
+                before: 0.0,
+                after: 0.0,
+                metric: "recomputes".into(),
+            },
+        ));
+    }
     if ctx.kind == Kind::SynchronizedExpiry && recomputes_before > 0 {
         let ttl = ctx.ttl_estimate.unwrap_or(300_000_000_000);
         let jitter = ttl / 5; // ±10 %

@@ -133,12 +133,20 @@ fn generate_at(
                 .map(|v| v.to_string())
                 .unwrap_or_default()
             };
+            let mut latencies: Vec<(u64, f64)> = run
+                .requests
+                .iter()
+                .filter(|r| r.service == i && !r.path.is_empty())
+                .map(|r| (r.end, (r.end - r.start) as f64 / 1e9))
+                .collect();
+            latencies.sort_by_key(|l| l.0);
             for req in metrics::requests(
                 spec.name,
                 &attr("v"),
                 &attr("i"),
                 epoch_nanos,
                 &run.gauges[i],
+                &latencies,
                 duration,
             ) {
                 serde_json::to_writer(&mut *out, &req)?;

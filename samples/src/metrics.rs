@@ -8,11 +8,17 @@
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use crate::sim::Gauges;
+
+/// The semantic conventions' default buckets for `http.server.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 
 /// Export interval of the simulated metric pipelines.
 pub const INTERVAL_NANOS: u64 = 10_000_000_000;
@@ -57,8 +63,12 @@ pub fn requests(
     instance: &str,
     epoch_nanos: u64,
     gauges: &[Gauges],
+    // (end, seconds) of each request, sorted by end, relative to the epoch.
+    latencies: &[(u64, f64)],
     duration_nanos: u64,
 ) -> Vec<ExportMetricsServiceRequest> {
+    let mut counts = vec![0u64; DURATION_BUCKETS.len() + 1];
+    let (mut total, mut seconds, mut li) = (0u64, 0.0f64, 0usize);
     let resource = Resource {
         attributes: vec![
             kv("service.name", service),
@@ -83,6 +93,14 @@ pub fn requests(
             }
             max = gauges[i].pool_max.max(max);
             i += 1;
+        }
+        while li < latencies.len() && latencies[li].0 < t {
+            let secs = latencies[li].1;
+            let b = DURATION_BUCKETS.partition_point(|x| *x < secs);
+            counts[b] += 1;
+            total += 1;
+            seconds += secs;
+            li += 1;
         }
         let (start, now) = (epoch_nanos, epoch_nanos + t);
         let pool = vec![kv("db.client.connection.pool.name", "shop-primary")];
@@ -130,6 +148,27 @@ pub fn requests(
                 true,
                 vec![point(start, now, misses as f64, vec![])],
             ),
+            Metric {
+                name: "http.server.request.duration".into(),
+                unit: "s".into(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        attributes: vec![
+                            kv("http.route", "/product/{id}"),
+                            kv("http.request.method", "GET"),
+                        ],
+                        start_time_unix_nano: start,
+                        time_unix_nano: now,
+                        count: total,
+                        sum: Some(seconds),
+                        bucket_counts: counts.clone(),
+                        explicit_bounds: DURATION_BUCKETS.to_vec(),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: 2,
+                })),
+                ..Default::default()
+            },
         ];
         out.push(ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {

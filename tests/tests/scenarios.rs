@@ -188,3 +188,55 @@ fn same_seed_same_bytes() {
     );
     assert!(a != run(12), "another seed gives another capture");
 }
+
+#[test]
+fn metrics_only_captures_give_the_verdict_with_reduced_detail_stated() {
+    let metrics_only = EmitOptions {
+        spans: false,
+        ..EmitOptions::default()
+    };
+    for s in [Scenario::Baseline, Scenario::Mitigated] {
+        let r = analyse(s, metrics_only);
+        assert!(
+            r.incidents.is_empty(),
+            "{}: {:?}",
+            s.name(),
+            r.incidents.iter().map(|i| i.kind).collect::<Vec<_>>()
+        );
+    }
+    let r = analyse(Scenario::SynchronizedExpiry, metrics_only);
+    assert_eq!(
+        r.incidents.len(),
+        1,
+        "{:?}",
+        r.incidents.iter().map(|i| i.kind).collect::<Vec<_>>()
+    );
+    let i = &r.incidents[0];
+    assert!(i.kind.is_stampede(), "{:?}", i.kind);
+    assert!(
+        i.evidence.recompute_share.is_none(),
+        "no database spans: no share claimed"
+    );
+    assert!(
+        i.evidence.gaps.iter().any(|g| g.contains("no cache spans")),
+        "{:?}",
+        i.evidence.gaps
+    );
+    assert!(
+        i.evidence.pool_use_peak.unwrap() >= 0.9,
+        "saturation from the pool gauges"
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("histograms")),
+        "{:?}",
+        r.notes
+    );
+    assert!(i.cause.contains("keys are not visible"), "{}", i.cause);
+    assert_eq!(i.mitigations[0].id, "single-flight");
+    assert!(i.mitigations[0].effect.contains("not replayable"));
+    assert!(
+        i.confidence < 0.7,
+        "reduced input, reduced confidence: {}",
+        i.confidence
+    );
+}
