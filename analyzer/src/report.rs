@@ -109,18 +109,8 @@ impl Session {
                 .then(a.service.cmp(&b.service))
         });
         if let Some(s) = series.first() {
-            let burn = BurnSeries::new(&[], &[], config.bucket_seconds, s.slo.target);
-            let _ = burn;
-            let n = s.buckets.len();
-            let b = BurnSeries::new(
-                &vec![0.0; n],
-                &vec![0.0; n],
-                config.bucket_seconds,
-                s.slo.target,
-            );
-            if let Some(note) = b.scaling_note() {
-                notes.push(note);
-            }
+            let capture = s.buckets.len() as f64 * config.bucket_seconds;
+            notes.extend(crate::slo::scaling_note(capture, config.bucket_seconds));
         }
         for s in &series {
             for g in s.coverage.gaps() {

@@ -181,16 +181,20 @@ impl BurnSeries {
 
     /// The note a report carries when windows were scaled.
     pub fn scaling_note(&self) -> Option<String> {
-        let scale = self.scale(&RULES[0]);
-        (scale < 1.0).then(|| {
-            format!(
-                "capture covers {:.0} s, shorter than the 1h alerting window: burn-rate windows were scaled down to fit it (e.g. 1h → {:.0} s, 5m → {:.0} s)",
-                self.capture_seconds(),
-                3600.0 * scale,
-                (300.0 * scale).max(self.bucket_seconds)
-            )
-        })
+        scaling_note(self.capture_seconds(), self.bucket_seconds)
     }
+}
+
+/// What a report says when a capture is shorter than the 1 h window.
+pub fn scaling_note(capture_seconds: f64, bucket_seconds: f64) -> Option<String> {
+    let scale = (capture_seconds / RULES[0].long_seconds).min(1.0);
+    (scale < 1.0).then(|| {
+        format!(
+            "capture covers {capture_seconds:.0} s, shorter than the 1h alerting window: burn-rate windows were scaled down to fit it (e.g. 1h → {:.0} s, 5m → {:.0} s)",
+            3600.0 * scale,
+            (300.0 * scale).max(bucket_seconds)
+        )
+    })
 }
 
 /// Share of the period's error budget that `bad` requests consume, given
