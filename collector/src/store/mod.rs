@@ -464,6 +464,17 @@ impl Dedup {
     }
 }
 
+/// The stats entry of `service`, allocating its name only the first time.
+fn service_stats<'a>(
+    map: &'a mut BTreeMap<String, ServiceStats>,
+    service: &str,
+) -> &'a mut ServiceStats {
+    if !map.contains_key(service) {
+        map.insert(service.to_string(), ServiceStats::default());
+    }
+    map.get_mut(service).expect("just inserted")
+}
+
 fn time_range(batch: &Batch) -> (u64, u64) {
     let times = batch
         .spans
@@ -612,7 +623,7 @@ impl Inner {
         let h = &mut *hot;
         h.stats.duplicates += duplicates;
         for s in batch.spans {
-            let st = h.stats.services.entry(s.service().to_string()).or_default();
+            let st = service_stats(&mut h.stats.services, s.service());
             st.spans += 1;
             st.see(s.start_unix_nano);
             h.stats.totals.spans += 1;
@@ -623,7 +634,7 @@ impl Inner {
             svc.spans.push_back(s);
         }
         for p in batch.points {
-            let st = h.stats.services.entry(p.service().to_string()).or_default();
+            let st = service_stats(&mut h.stats.services, p.service());
             st.metric_points += 1;
             st.see(p.time_unix_nano);
             h.stats.totals.metric_points += 1;
@@ -634,11 +645,7 @@ impl Inner {
             svc.points.push_back(p);
         }
         for m in batch.markers {
-            let st = h
-                .stats
-                .services
-                .entry(m.resource.service.to_string())
-                .or_default();
+            let st = service_stats(&mut h.stats.services, &m.resource.service);
             st.log_records += 1;
             h.stats.totals.log_records += 1;
             let svc = h.services.entry(m.resource.service.clone()).or_default();
