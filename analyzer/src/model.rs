@@ -9,6 +9,42 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// A fast, non-cryptographic hasher (FxHash) for tables keyed by data
+/// whose distribution an attacker does not control the cost of (interned
+/// strings are capped in length and count; ids are already random).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(FX_SEED);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(FX_SEED);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(FX_SEED);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `BuildHasher` for [`FxHasher`].
+pub type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
 /// An interned string. Cloning is a reference-count increment.
 pub type Sym = Arc<str>;
 
@@ -22,7 +58,7 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// high-cardinality attribute cannot grow the table without bound.
 #[derive(Debug)]
 pub struct Interner {
-    set: Mutex<HashSet<Sym>>,
+    set: Mutex<HashSet<Sym, FxBuild>>,
     capacity: usize,
     overflowed: AtomicU64,
     empty: Sym,
@@ -37,7 +73,7 @@ impl Default for Interner {
 impl Interner {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            set: Mutex::new(HashSet::new()),
+            set: Mutex::new(HashSet::default()),
             capacity,
             overflowed: AtomicU64::new(0),
             empty: Arc::from(""),

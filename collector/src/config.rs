@@ -80,6 +80,8 @@ pub struct RawDashboard {
     pub trace_link: Option<String>,
     /// Seconds of data each live analysis pass reads.
     pub live_window_seconds: Option<f64>,
+    /// Run the live analysis at all.
+    pub live_analysis: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +145,9 @@ pub struct Overrides {
     /// Webhook notified when incidents open and resolve.
     #[arg(long, env = "HERDWATCH_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// Run the live analysis [default: true]; off makes a pure collector.
+    #[arg(long, env = "HERDWATCH_LIVE_ANALYSIS", value_name = "BOOL")]
+    pub live_analysis: Option<bool>,
 }
 
 /// Every `HERDWATCH_*` variable the program reads.
@@ -162,6 +167,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "HERDWATCH_LOG_FORMAT",
     "HERDWATCH_TRACE_LINK",
     "HERDWATCH_WEBHOOK_URL",
+    "HERDWATCH_LIVE_ANALYSIS",
     "HERDWATCH_LOG",
 ];
 
@@ -195,6 +201,7 @@ pub struct Config {
     pub slos: Vec<SloConfig>,
     pub trace_link: Option<String>,
     pub live_window: Duration,
+    pub live_analysis: bool,
     pub webhook_url: Option<String>,
     pub webhook_retry_base: Duration,
 }
@@ -363,6 +370,7 @@ impl Config {
             slos,
             trace_link: o.trace_link.clone().or(dashboard.trace_link),
             live_window: Duration::from_secs_f64(live_window),
+            live_analysis: o.live_analysis.or(dashboard.live_analysis).unwrap_or(true),
             webhook_url: o.webhook_url.clone().or(alerts.webhook_url),
             webhook_retry_base: Duration::from_millis(alerts.retry_base_ms.unwrap_or(500).max(1)),
         })

@@ -25,7 +25,8 @@ const REGISTRY_FILE: &str = "incidents.json";
 const MAX_INCIDENTS: usize = 10_000;
 
 struct Inner {
-    incidents: RwLock<Vec<Incident>>,
+    /// Replaced copy-on-write, so readers share one snapshot.
+    incidents: RwLock<Arc<Vec<Incident>>>,
     services: RwLock<Vec<ServiceSummary>>,
     now: AtomicU64,
     path: PathBuf,
@@ -40,7 +41,7 @@ pub struct Live {
 struct LiveSource(Arc<Inner>);
 
 impl Source for LiveSource {
-    fn incidents(&self) -> Vec<Incident> {
+    fn incidents(&self) -> Arc<Vec<Incident>> {
         self.0
             .incidents
             .read()
@@ -137,7 +138,7 @@ impl Live {
             .open_incidents
             .set(incidents.iter().filter(|i| i.is_open()).count() as u64);
         let inner = Arc::new(Inner {
-            incidents: RwLock::new(incidents),
+            incidents: RwLock::new(Arc::new(incidents)),
             services: RwLock::new(Vec::new()),
             now: AtomicU64::new(0),
             path,
@@ -150,6 +151,10 @@ impl Live {
                 dashboard_url,
             )
         });
+        if !config.live_analysis {
+            tracing::info!("live analysis is off");
+            return live;
+        }
         tokio::spawn(live.clone().run(
             analyzer,
             store,
@@ -170,7 +175,7 @@ impl Live {
         )
     }
 
-    pub fn incidents(&self) -> Vec<Incident> {
+    pub fn incidents(&self) -> Arc<Vec<Incident>> {
         LiveSource(self.inner.clone()).incidents()
     }
 
@@ -224,7 +229,21 @@ impl Live {
                 }
             };
             metrics.analysis_ticks.add(1);
-            metrics.analysis_duration.observe(started.elapsed());
+            let took = started.elapsed();
+            metrics.analysis_duration.observe(took);
+            // Keep analysis to about a fifth of a core: a pass that took T
+            // is followed by at least 4 T of rest (ticks stay at 1 s while
+            // passes are under 250 ms).
+            if took > Duration::from_millis(250) {
+                tracing::debug!(
+                    took_ms = took.as_millis() as u64,
+                    "live analysis pass was slow; backing off"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(took * 4) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
             self.inner.now.store(latest, Ordering::Relaxed);
             *self
                 .inner
@@ -237,7 +256,8 @@ impl Live {
                     .incidents
                     .write()
                     .unwrap_or_else(|e| e.into_inner());
-                let (o, r) = merge(&mut reg, report.incidents);
+                // Copy-on-write: readers keep the snapshot they hold.
+                let (o, r) = merge(Arc::make_mut(&mut reg), report.incidents);
                 metrics
                     .open_incidents
                     .set(reg.iter().filter(|i| i.is_open()).count() as u64);

@@ -14,10 +14,10 @@ use herdwatch_dashboard::{DashboardConfig, Source, router};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-struct Fixed(Vec<Incident>, Vec<ServiceSummary>);
+struct Fixed(Arc<Vec<Incident>>, Vec<ServiceSummary>);
 
 impl Source for Fixed {
-    fn incidents(&self) -> Vec<Incident> {
+    fn incidents(&self) -> Arc<Vec<Incident>> {
         self.0.clone()
     }
     fn incident(&self, id: &str) -> Option<Incident> {
@@ -55,7 +55,7 @@ async fn main() {
         .map(|i| testsuite::service(&format!("svc-{i}")))
         .collect();
     let app = router(
-        Arc::new(Fixed(incidents, services)),
+        Arc::new(Fixed(Arc::new(incidents), services)),
         DashboardConfig::default(),
     );
     for (name, uri) in [

@@ -21,10 +21,10 @@ use serde::Deserialize;
 
 /// Where the dashboard's data comes from (the live pipeline, or a report).
 pub trait Source: Send + Sync + 'static {
-    /// Every known incident, newest first.
-    fn incidents(&self) -> Vec<Incident>;
+    /// Every known incident, newest first: a shared snapshot, not a copy.
+    fn incidents(&self) -> Arc<Vec<Incident>>;
     fn incident(&self, id: &str) -> Option<Incident> {
-        self.incidents().into_iter().find(|i| i.id == id)
+        self.incidents().iter().find(|i| i.id == id).cloned()
     }
     fn services(&self) -> Vec<ServiceSummary>;
     /// "Now" in data time, for durations of open incidents.
@@ -165,12 +165,16 @@ pub fn row(i: &Incident, now: u64) -> Row {
     }
 }
 
+/// Rows an incident list shows at most; the rest are counted.
+const MAX_ROWS: usize = 500;
+
 #[derive(Template)]
 #[template(path = "incidents.html")]
 struct IncidentsPage {
     refresh: bool,
     standalone: bool,
     rows: Vec<Row>,
+    more: usize,
     services: Vec<String>,
     kinds: Vec<&'static str>,
     severities: Vec<&'static str>,
@@ -187,15 +191,18 @@ async fn incidents_page(State(st): State<AppState>, Query(f): Query<Filter>) -> 
     let all = st.source.incidents();
     let mut services: BTreeSet<String> = all.iter().map(|i| i.service.clone()).collect();
     services.extend(st.source.services().into_iter().map(|s| s.service));
-    let rows = all
+    let matching: Vec<&Incident> = all.iter().filter(|i| f.matches(i, now)).collect();
+    let more = matching.len().saturating_sub(MAX_ROWS);
+    let rows = matching
         .iter()
-        .filter(|i| f.matches(i, now))
+        .take(MAX_ROWS)
         .map(|i| row(i, now))
         .collect();
     html(&IncidentsPage {
         refresh: true,
         standalone: false,
         rows,
+        more,
         services: services.into_iter().collect(),
         kinds: vec![
             Kind::SynchronizedExpiry.as_str(),
@@ -558,12 +565,8 @@ async fn slos_page(State(st): State<AppState>) -> Response {
 
 async fn api_incidents(State(st): State<AppState>, Query(f): Query<Filter>) -> Response {
     let now = st.source.now_unix_nano();
-    let incidents: Vec<Incident> = st
-        .source
-        .incidents()
-        .into_iter()
-        .filter(|i| f.matches(i, now))
-        .collect();
+    let all = st.source.incidents();
+    let incidents: Vec<&Incident> = all.iter().filter(|i| f.matches(i, now)).collect();
     Json(serde_json::json!({ "schema_version": herdwatch_analyzer::incident::SCHEMA_VERSION, "incidents": incidents })).into_response()
 }
 

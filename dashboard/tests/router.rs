@@ -11,10 +11,10 @@ use herdwatch_dashboard::{DashboardConfig, Source, router};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-struct Fixed(Vec<Incident>, Vec<ServiceSummary>);
+struct Fixed(Arc<Vec<Incident>>, Vec<ServiceSummary>);
 
 impl Source for Fixed {
-    fn incidents(&self) -> Vec<Incident> {
+    fn incidents(&self) -> Arc<Vec<Incident>> {
         self.0.clone()
     }
     fn services(&self) -> Vec<ServiceSummary> {
@@ -30,7 +30,7 @@ const EVIL: &str = "<script>alert(\"x\")</script>'";
 fn app(incidents: Vec<Incident>) -> axum::Router {
     let services = vec![testsuite::service(EVIL), testsuite::service("checkout")];
     router(
-        Arc::new(Fixed(incidents, services)),
+        Arc::new(Fixed(Arc::new(incidents), services)),
         DashboardConfig {
             trace_link: Some("http://jaeger:16686/trace/{trace_id}".into()),
         },
@@ -83,7 +83,10 @@ async fn empty_states() {
         assert_eq!(s, StatusCode::OK, "{uri}");
         assert!(body.contains(text), "{uri}: {body}");
     }
-    let empty = router(Arc::new(Fixed(vec![], vec![])), DashboardConfig::default());
+    let empty = router(
+        Arc::new(Fixed(Arc::new(vec![]), vec![])),
+        DashboardConfig::default(),
+    );
     let (_, body) = get(empty.clone(), "/services").await;
     assert!(body.contains("No telemetry yet"));
     let (_, body) = get(empty, "/slos").await;
@@ -184,4 +187,22 @@ async fn json_api_carries_the_spec_fields() {
     let (_, body) = get(app(fixtures()), "/api/v1/slos").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["slos"][0]["target"], 0.99);
+}
+
+#[tokio::test]
+async fn long_lists_are_capped_and_say_how_many_more() {
+    let many: Vec<Incident> = (0..600)
+        .map(|i| {
+            testsuite::incident(
+                &format!("id{i}"),
+                "checkout",
+                Kind::DbSaturation,
+                1000 + i,
+                false,
+            )
+        })
+        .collect();
+    let (_, body) = get(app(many), "/").await;
+    assert_eq!(body.matches("href=\"/incidents/").count(), 500);
+    assert!(body.contains("and 100 more"), "the rest is counted");
 }

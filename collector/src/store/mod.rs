@@ -14,9 +14,8 @@
 
 pub mod wal;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -408,26 +407,53 @@ enum Chunk<'a> {
 
 /// FIFO-bounded set of span fingerprints.
 struct Dedup {
-    set: HashSet<u64>,
+    set: HashSet<u64, FpBuild>,
     order: VecDeque<u64>,
     capacity: usize,
 }
 
+/// Fingerprints are already well-mixed 64-bit values: hash them as is.
+#[derive(Default, Clone, Copy)]
+struct FpHasher(u64);
+
+impl Hasher for FpHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FpBuild = std::hash::BuildHasherDefault<FpHasher>;
+
 impl Dedup {
     fn new(capacity: usize) -> Self {
         Self {
-            set: HashSet::new(),
+            set: HashSet::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
 
+    /// Stable across restarts (replay must agree) and well mixed: the ids
+    /// are random already, so fold them with a 64-bit finalizer.
     fn fingerprint(span: &SpanRow) -> u64 {
-        // SipHash with fixed keys: stable across restarts, so replay agrees.
-        let mut h = DefaultHasher::new();
-        span.trace_id.hash(&mut h);
-        span.span_id.hash(&mut h);
-        h.finish()
+        let t = &span.trace_id;
+        let a = u64::from_le_bytes(t[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(t[8..].try_into().unwrap_or_default());
+        let s = u64::from_le_bytes(span.span_id);
+        let mut h = a ^ b.rotate_left(21) ^ s.rotate_left(42) ^ 0x9e37_79b9_7f4a_7c15;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 
     fn contains(&self, fp: u64) -> bool {
@@ -445,21 +471,21 @@ impl Dedup {
         }
     }
 
-    /// Drop spans already stored (or repeated within the batch); returns how
-    /// many were dropped.
-    fn filter(&mut self, spans: &mut Vec<SpanRow>) -> u64 {
+    /// Drop spans already stored or already in `pending` (this group), and
+    /// add the kept ones' fingerprints to `pending`; returns how many were
+    /// dropped. Committed with [`Dedup::commit`] once durable.
+    fn filter(&self, spans: &mut Vec<SpanRow>, pending: &mut HashSet<u64, FpBuild>) -> u64 {
         let before = spans.len();
-        let mut seen_here = HashSet::new();
         spans.retain(|s| {
             let fp = Self::fingerprint(s);
-            !self.contains(fp) && seen_here.insert(fp)
+            !self.contains(fp) && pending.insert(fp)
         });
         (before - spans.len()) as u64
     }
 
-    fn commit(&mut self, spans: &[SpanRow]) {
-        for s in spans {
-            self.insert(Self::fingerprint(s));
+    fn commit(&mut self, pending: &mut HashSet<u64, FpBuild>) {
+        for fp in pending.drain() {
+            self.insert(fp);
         }
     }
 }
@@ -536,8 +562,9 @@ impl Inner {
                 meta.max_time = meta.max_time.max(record.max_time);
                 match self.decode(record.signal, &record.payload) {
                     Some(mut batch) => {
-                        let dups = dedup.filter(&mut batch.spans);
-                        dedup.commit(&batch.spans);
+                        let mut pending = HashSet::default();
+                        let dups = dedup.filter(&mut batch.spans, &mut pending);
+                        dedup.commit(&mut pending);
                         self.apply(batch, dups);
                     }
                     None => {
@@ -734,8 +761,9 @@ impl Inner {
                     continue;
                 }
                 if let Some(mut batch) = self.decode(record.signal, &record.payload) {
-                    dedup.filter(&mut batch.spans);
-                    dedup.commit(&batch.spans);
+                    let mut pending = HashSet::default();
+                    dedup.filter(&mut batch.spans, &mut pending);
+                    dedup.commit(&mut pending);
                     f(&batch);
                 }
             }
@@ -767,15 +795,9 @@ impl Inner {
             }
             // De-duplicate against what is stored and within the group.
             let mut pending = Vec::with_capacity(group.len());
-            let mut group_seen = Dedup::new(usize::MAX);
+            let mut group_fps: HashSet<u64, FpBuild> = HashSet::default();
             for mut req in group {
-                let mut dups = dedup.filter(&mut req.batch.spans);
-                let before = req.batch.spans.len();
-                req.batch
-                    .spans
-                    .retain(|s| !group_seen.contains(Dedup::fingerprint(s)));
-                dups += (before - req.batch.spans.len()) as u64;
-                group_seen.commit(&req.batch.spans);
+                let dups = dedup.filter(&mut req.batch.spans, &mut group_fps);
                 let all_dups = dups > 0 && req.batch.is_empty() && req.batch.other_logs == 0;
                 if !all_dups {
                     let (lo, hi) = time_range(&req.batch);
@@ -795,8 +817,8 @@ impl Inner {
             }
             match result {
                 Ok(()) => {
+                    dedup.commit(&mut group_fps);
                     for (req, dups) in pending {
-                        dedup.commit(&req.batch.spans);
                         let outcome = self.apply(req.batch, dups);
                         let _ = req.done.send(Ok(outcome));
                     }
