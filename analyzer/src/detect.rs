@@ -242,10 +242,13 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .flatten()
             .min()
             .unwrap_or(spike);
-        // Live data may end right after the first flag: a burst needs
-        // `burst_min_buckets` buckets to be seen, so do not decide (and
-        // misname) the incident before they are in.
-        if ep.open && n - first <= config.burst_min_buckets + 1 {
+        // Live data is incomplete at its newest end: a request exports its
+        // spans (and its early misses) only when it ends, and during a
+        // stampede requests take seconds, while finished spans already show
+        // saturation and latency. An open episode is decided only once the
+        // lead tolerance has settled after its first flag, so the first
+        // verdict (and the first alert) does not misname it.
+        if ep.open && n - first <= tol.max(config.burst_min_buckets + 1) {
             continue;
         }
         let window = first..ep.end;

@@ -9,6 +9,9 @@ use crate::model::Sym;
 use crate::shape::{DbOpFact, LookupFact, RecomputeFact, RequestFact};
 use crate::stats;
 
+const SINGLE_FLIGHT_TITLE: &str = "Single-flight / per-key lock around recompute";
+const SINGLE_FLIGHT_CHANGE: &str = "On a miss, take a per-key lock (an in-process single-flight map, or a short-lived `SET lock:KEY NX PX 5000` in the cache) so one caller recomputes and fills while the others wait for the fill or briefly serve the stale value.";
+
 /// What the replay works from.
 pub struct Context<'a> {
     pub kind: Kind,
@@ -142,7 +145,7 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
             10,
             Mitigation {
                 id: "single-flight".into(),
-                title: "Single-flight / per-key lock around recompute".into(),
+                title: SINGLE_FLIGHT_TITLE.into(),
                 because: format!(
                     "herd of {} concurrent recomputes on one key; {} recomputes of {} distinct keys (duplicate ratio {:.1})",
                     ev.herd_max,
@@ -150,7 +153,7 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
                     fmt_n(ev.distinct_keys_recomputed as f64),
                     ev.duplicate_ratio
                 ),
-                change: "On a miss, take a per-key lock (an in-process single-flight map, or a short-lived `SET lock:KEY NX PX 5000` in the cache) so one caller recomputes and fills while the others wait for the fill or briefly serve the stale value.".into(),
+                change: SINGLE_FLIGHT_CHANGE.into(),
                 effect: format!(
                     "single-flight per key: {} → {} recomputes, peak concurrent recomputes {} → {}",
                     fmt_n(recomputes_before as f64),
@@ -170,12 +173,12 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
             10,
             Mitigation {
                 id: "single-flight".into(),
-                title: "Single-flight / per-key lock around recompute".into(),
+                title: SINGLE_FLIGHT_TITLE.into(),
                 because: format!(
                     "misses rose from {:.0}/s to {:.0}/s while the database saturated",
                     ev.miss_rate_baseline_per_s, ev.miss_rate_peak_per_s
                 ),
-                change: "On a miss, take a per-key lock so one caller recomputes and fills while the others wait for the fill or serve the stale value.".into(),
+                change: SINGLE_FLIGHT_CHANGE.into(),
                 effect: "not replayable from metrics alone: send traces (cache and database client spans) to estimate it".into(),
                 before: 0.0,
                 after: 0.0,
