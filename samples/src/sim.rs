@@ -508,3 +508,43 @@ mod tests {
         );
     }
 }
+
+/// Ground truth from the simulation itself: for each key, the most
+/// recomputes in flight at once (query start to fill end), largest first.
+pub fn herds(run: &Run) -> Vec<(String, u64)> {
+    let mut by_key: HashMap<(usize, &str), Vec<(u64, i64)>> = HashMap::new();
+    for r in run.requests.iter().filter(|r| r.recomputed) {
+        let start = r.ops.iter().find_map(|o| match o {
+            Op::Query { start, .. } => Some(*start),
+            _ => None,
+        });
+        let end = r
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Query { end, .. } => Some(*end),
+                Op::Set { start, .. } => Some(*start),
+                _ => None,
+            })
+            .max();
+        if let (Some(s), Some(e)) = (start, end) {
+            let ev = by_key.entry((r.service, r.key.as_str())).or_default();
+            ev.push((s, 1));
+            ev.push((e, -1));
+        }
+    }
+    let mut out: Vec<(String, u64)> = by_key
+        .into_iter()
+        .map(|((_, k), mut ev)| {
+            ev.sort();
+            let (mut cur, mut peak) = (0i64, 0i64);
+            for (_, d) in ev {
+                cur += d;
+                peak = peak.max(cur);
+            }
+            (k.to_string(), peak as u64)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}

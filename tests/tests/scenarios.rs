@@ -240,3 +240,42 @@ fn metrics_only_captures_give_the_verdict_with_reduced_detail_stated() {
         i.confidence
     );
 }
+
+#[test]
+fn herd_sizes_match_the_simulation_within_ten_percent() {
+    for s in [
+        Scenario::HotKeyExpiry,
+        Scenario::SynchronizedExpiry,
+        Scenario::ColdCache,
+    ] {
+        let truth = herdwatch_samples::sim::herds(&herdwatch_samples::sim::simulate(s, 7));
+        let r = analyse(
+            s,
+            EmitOptions {
+                unsanitised: true,
+                ..EmitOptions::default()
+            },
+        );
+        let i = &r.incidents[0];
+        let (top_key, top_herd) = &truth[0];
+        let seen = i.evidence.top_keys.iter().find(|k| &k.key == top_key);
+        let seen = seen.unwrap_or_else(|| {
+            panic!(
+                "{}: top key {top_key} not among {:?}",
+                s.name(),
+                i.evidence.top_keys
+            )
+        });
+        let diff = (seen.herd as f64 - *top_herd as f64).abs() / *top_herd as f64;
+        assert!(
+            diff <= 0.10,
+            "{}: herd on {top_key} {} vs truth {top_herd}",
+            s.name(),
+            seen.herd
+        );
+        assert!(
+            i.evidence.herd_max >= seen.herd,
+            "herd_max is the largest herd"
+        );
+    }
+}
