@@ -470,45 +470,6 @@ fn simulate_service(cfg: &Settings, svc: usize, rng: &mut Rng) -> (Vec<Request>,
     (out, gauges.into_values().collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rng_and_zipf_are_deterministic() {
-        let mut a = Rng::new(7);
-        let mut b = Rng::new(7);
-        assert_eq!(a.next_u64(), b.next_u64());
-        let z = Zipf::new(100, 1.1);
-        let mut r = Rng::new(1);
-        let top = (0..10_000).filter(|_| z.sample(&mut r) == 0).count();
-        assert!(top > 1000, "rank 1 is the most popular: {top}");
-    }
-
-    #[test]
-    fn pool_queueing_delays_queries() {
-        let mut db = Db {
-            pool: 2,
-            free_at: BinaryHeap::new(),
-            inflight: BinaryHeap::new(),
-            base_ms: 10.0,
-            slowdown: 0.0,
-        };
-        let mut rng = Rng::new(3);
-        let a = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
-        let b = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
-        let c = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
-        assert!(
-            c.0 >= a.1.min(b.1),
-            "the third query waits for a connection"
-        );
-        assert!(
-            db.try_query(0, 1.0, 0, &mut rng).is_none(),
-            "no connection within the timeout"
-        );
-    }
-}
-
 /// Ground truth from the simulation itself: for each key, the most
 /// recomputes in flight at once (query start to fill end), largest first.
 pub fn herds(run: &Run) -> Vec<(String, u64)> {
@@ -547,4 +508,43 @@ pub fn herds(run: &Run) -> Vec<(String, u64)> {
         .collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_and_zipf_are_deterministic() {
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        assert_eq!(a.next_u64(), b.next_u64());
+        let z = Zipf::new(100, 1.1);
+        let mut r = Rng::new(1);
+        let top = (0..10_000).filter(|_| z.sample(&mut r) == 0).count();
+        assert!(top > 1000, "rank 1 is the most popular: {top}");
+    }
+
+    #[test]
+    fn pool_queueing_delays_queries() {
+        let mut db = Db {
+            pool: 2,
+            free_at: BinaryHeap::new(),
+            inflight: BinaryHeap::new(),
+            base_ms: 10.0,
+            slowdown: 0.0,
+        };
+        let mut rng = Rng::new(3);
+        let a = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        let b = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        let c = db.try_query(0, 1.0, u64::MAX, &mut rng).unwrap();
+        assert!(
+            c.0 >= a.1.min(b.1),
+            "the third query waits for a connection"
+        );
+        assert!(
+            db.try_query(0, 1.0, 0, &mut rng).is_none(),
+            "no connection within the timeout"
+        );
+    }
 }
