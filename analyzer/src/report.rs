@@ -77,10 +77,6 @@ impl Session {
         self.markers.extend(batch.markers);
     }
 
-    pub fn pending_spans(&self) -> usize {
-        self.assembler.pending_spans()
-    }
-
     pub fn finish(self) -> Result<Report, SignalError> {
         let Session {
             analyzer,

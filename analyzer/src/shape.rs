@@ -229,11 +229,6 @@ impl TraceAssembler {
         }
     }
 
-    /// Spans held waiting for their trace to complete.
-    pub fn pending_spans(&self) -> usize {
-        self.pending.values().map(|p| p.spans.len()).sum()
-    }
-
     pub fn push(&mut self, span: SpanRow) {
         let f = &mut self.facts;
         f.spans += 1;

@@ -175,10 +175,6 @@ impl Live {
         )
     }
 
-    pub fn incidents(&self) -> Arc<Vec<Incident>> {
-        LiveSource(self.inner.clone()).incidents()
-    }
-
     async fn run(
         self,
         analyzer: Analyzer,

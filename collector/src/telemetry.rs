@@ -85,10 +85,6 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
@@ -148,15 +144,6 @@ impl Metrics {
     }
     pub fn request_duration(&self, transport: Transport, d: Duration) {
         self.request_duration[transport as usize].observe(d);
-    }
-    pub fn accepted_total(&self, signal: Signal) -> u64 {
-        self.accepted[signal as usize - 1]
-            .iter()
-            .map(Counter::get)
-            .sum()
-    }
-    pub fn refused_total(&self) -> u64 {
-        self.refused.iter().map(Counter::get).sum()
     }
 
     /// Prometheus text exposition.

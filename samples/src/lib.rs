@@ -1,7 +1,7 @@
 //! Scenario generator for Herdwatch: a simulated service (cache with TTLs,
 //! database with a bounded pool) whose requests are emitted as spans through
 //! the real OpenTelemetry SDK, either to OTLP/JSON-lines files in virtual
-//! time ([`generate`]) or live over OTLP to an endpoint ([`live::run`]).
+//! time ([`generate`]) or live over OTLP to an endpoint ([`live::run_with`]).
 
 pub mod emit;
 pub mod live;

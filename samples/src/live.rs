@@ -147,21 +147,3 @@ fn shift_op(op: &sim::Op, delta: u64) -> sim::Op {
         },
     }
 }
-
-/// Play `scenario` in real time over gRPC or HTTP.
-pub async fn run(
-    scenario: Scenario,
-    seed: u64,
-    endpoint: &str,
-    protocol: Protocol,
-) -> Result<u64, LiveError> {
-    run_with(
-        scenario,
-        seed,
-        endpoint,
-        protocol,
-        1.0,
-        EmitOptions::default(),
-    )
-    .await
-}

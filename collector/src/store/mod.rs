@@ -16,7 +16,7 @@ pub mod wal;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -242,10 +242,6 @@ impl Store {
         Ok(Self { inner, tx })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.config.dir
-    }
-
     /// Reserve memory for a request of `bytes`; refuses (retryably) when the
     /// in-flight budget is spent.
     pub fn admit(&self, bytes: usize) -> Result<Admission, StoreError> {
@@ -302,12 +298,6 @@ impl Store {
         stats.segments = segs.len() as u64;
         stats.hot_bytes = hot.bytes as u64;
         stats
-    }
-
-    /// Services that have data, sorted.
-    pub fn services(&self) -> Vec<String> {
-        let hot = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
-        hot.stats.services.keys().cloned().collect()
     }
 
     /// Spans matching `q` (by start time), oldest first.
