@@ -17,6 +17,8 @@ const GAUGE_STALENESS_NANOS: u64 = 60_000_000_000;
 pub struct MetricBuckets {
     pub pool_used: Vec<Option<f64>>,
     pub pool_max: Vec<Option<f64>>,
+    server_used: Vec<Option<f64>>,
+    server_max: Vec<Option<f64>>,
     pub pending: Vec<Option<f64>>,
     pub cpu: Vec<Option<f64>>,
     pub cache_hits: Vec<f64>,
@@ -36,6 +38,8 @@ impl MetricBuckets {
         Self {
             pool_used: vec![None; n],
             pool_max: vec![None; n],
+            server_used: vec![None; n],
+            server_max: vec![None; n],
             pending: vec![None; n],
             cpu: vec![None; n],
             cache_hits: vec![0.0; n],
@@ -52,6 +56,11 @@ impl MetricBuckets {
 enum GaugeKind {
     PoolUsed,
     PoolMax,
+    /// The database server's open connections (`postgresql.backends`) and
+    /// its limit: a stand-in for pool use only when the client reports no
+    /// pool metrics, since backends count idle pooled connections too.
+    ServerUsed,
+    ServerMax,
     Pending,
     Cpu,
 }
@@ -72,10 +81,9 @@ fn gauge_kind(p: &MetricPoint) -> Option<GaugeKind> {
                 .or_else(|| p.attribute("state"));
             (state == Some("used")).then_some(GaugeKind::PoolUsed)
         }
-        "db.client.connection.max" | "db.client.connections.max" | "postgresql.connection.max" => {
-            Some(GaugeKind::PoolMax)
-        }
-        "postgresql.backends" => Some(GaugeKind::PoolUsed),
+        "db.client.connection.max" | "db.client.connections.max" => Some(GaugeKind::PoolMax),
+        "postgresql.backends" => Some(GaugeKind::ServerUsed),
+        "postgresql.connection.max" => Some(GaugeKind::ServerMax),
         "db.client.connection.pending_requests" | "db.client.connections.pending_requests" => {
             Some(GaugeKind::Pending)
         }
@@ -208,6 +216,8 @@ pub fn bucket_metrics(
             let target = match kind {
                 GaugeKind::PoolUsed => &mut mb.pool_used,
                 GaugeKind::PoolMax => &mut mb.pool_max,
+                GaugeKind::ServerUsed => &mut mb.server_used,
+                GaugeKind::ServerMax => &mut mb.server_max,
                 GaugeKind::Pending => &mut mb.pending,
                 GaugeKind::Cpu => &mut mb.cpu,
             };
@@ -219,10 +229,7 @@ pub fn bucket_metrics(
                     });
                 }
             }
-            if matches!(
-                kind,
-                GaugeKind::PoolUsed | GaugeKind::PoolMax | GaugeKind::Pending
-            ) {
+            if !matches!(kind, GaugeKind::Cpu) {
                 mb.has_pool = true;
             }
         } else if let Some(kind) = sum_kind(&first.name) {
@@ -334,6 +341,12 @@ pub fn bucket_metrics(
             }
         }
     }
+    for mb in out.values_mut() {
+        if mb.pool_used.iter().all(Option::is_none) {
+            mb.pool_used = std::mem::take(&mut mb.server_used);
+            mb.pool_max = std::mem::take(&mut mb.server_max);
+        }
+    }
     out
 }
 
@@ -349,6 +362,49 @@ mod tests {
             d,
             vec![(1, 10, 5.0), (10, 20, 3.0), (25, 30, 2.0), (30, 40, 4.0)]
         );
+    }
+
+    fn gauge(name: &str, t: u64, v: f64, attrs: &[(&str, &str)]) -> MetricPoint {
+        MetricPoint {
+            resource: Arc::new(crate::model::ResourceInfo {
+                service: "catalog".into(),
+                version: "1".into(),
+                instance: "a".into(),
+            }),
+            name: name.into(),
+            unit: "{connection}".into(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            start_unix_nano: 0,
+            time_unix_nano: t,
+            value: MetricValue::Gauge(v),
+        }
+    }
+
+    #[test]
+    fn server_backends_stand_in_for_pool_use_only_without_pool_metrics() {
+        let s = 1_000_000_000;
+        let server = [
+            gauge("postgresql.backends", s, 40.0, &[]),
+            gauge("postgresql.connection.max", s, 100.0, &[]),
+        ];
+        let b = &bucket_metrics(&server, 0, s, 3)["catalog"];
+        assert_eq!(b.pool_used[1], Some(40.0));
+        assert_eq!(b.pool_max[1], Some(100.0));
+
+        let mut both = server.to_vec();
+        both.push(gauge(
+            "db.client.connection.count",
+            s,
+            7.0,
+            &[("db.client.connection.state", "used")],
+        ));
+        both.push(gauge("db.client.connection.max", s, 20.0, &[]));
+        let b = &bucket_metrics(&both, 0, s, 3)["catalog"];
+        assert_eq!(b.pool_used[1], Some(7.0), "the client's pool wins");
+        assert_eq!(b.pool_max[1], Some(20.0));
     }
 
     #[test]

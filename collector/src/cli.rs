@@ -138,8 +138,7 @@ pub async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         running.dashboard_addr
     );
     let live = herdwatch_samples::live::run_with(
-        scenario,
-        args.seed,
+        herdwatch_samples::Capture::new(scenario, args.seed),
         &endpoint,
         herdwatch_samples::live::Protocol::Grpc,
         args.speed,

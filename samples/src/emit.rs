@@ -94,15 +94,21 @@ pub struct Pipeline {
     pub spans: Collect,
 }
 
+/// The version and instance id of a service's deploy generation.
+pub fn identity(service: &str, generation: usize) -> (String, String) {
+    (
+        format!("1.{}.0", 4 + generation),
+        format!("{service}-{}", ["a1f3", "b7c9", "c2d8"][generation % 3]),
+    )
+}
+
 pub fn resource(service: &str, generation: usize, environment: &str) -> Resource {
+    let (version, instance) = identity(service, generation);
     Resource::builder_empty()
         .with_attributes([
             KeyValue::new("service.name", service.to_string()),
-            KeyValue::new("service.version", format!("1.{}.0", 4 + generation)),
-            KeyValue::new(
-                "service.instance.id",
-                format!("{service}-{}", ["a1f3", "b7c9", "c2d8"][generation % 3]),
-            ),
+            KeyValue::new("service.version", version),
+            KeyValue::new("service.instance.id", instance),
             KeyValue::new("deployment.environment.name", environment.to_string()),
         ])
         .build()

@@ -1,13 +1,17 @@
 //! Scenario generator for Herdwatch: a simulated service (cache with TTLs,
 //! database with a bounded pool) whose requests are emitted as spans through
-//! the real OpenTelemetry SDK, either to OTLP/JSON-lines files in virtual
-//! time ([`generate`]) or live over OTLP to an endpoint ([`live::run_with`]).
+//! the real OpenTelemetry SDK, either to files in virtual time
+//! ([`write_capture`]: OTLP/JSON lines or length-delimited OTLP protobuf)
+//! or live over OTLP to an endpoint ([`live::run_with`]). The committed
+//! exports under `samples/data/` come from [`committed_export`].
 
 pub mod emit;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod scenario;
 pub mod sim;
+pub mod truth;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,13 +24,66 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
 pub use emit::{EmitOptions, Semconv};
-pub use scenario::{Scenario, Truth};
+pub use scenario::{Expectation, Mitigation, Scenario, Settings};
+pub use truth::Truth;
 
 /// Virtual-time captures start here: 2026-01-15T12:00:00Z.
 pub const EPOCH_UNIX_SECONDS: u64 = 1_768_478_400;
 
 /// Spans per export request written.
 pub const BATCH: usize = 512;
+
+/// The seed of the committed exports.
+pub const COMMITTED_SEED: u64 = 7;
+
+/// How a capture is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One OTLP/JSON export request per line (the Collector's file exporter).
+    #[default]
+    JsonLines,
+    /// Length-delimited OTLP protobuf export requests (varint length, then
+    /// the message), traces, metrics and logs mixed.
+    Protobuf,
+}
+
+/// What to simulate: a scenario, its seed and the mitigations switched on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub mitigations: Vec<Mitigation>,
+}
+
+impl Capture {
+    pub fn new(scenario: Scenario, seed: u64) -> Self {
+        Self {
+            scenario,
+            seed,
+            mitigations: Vec::new(),
+        }
+    }
+
+    pub fn with_mitigations(mut self, mitigations: &[Mitigation]) -> Self {
+        self.mitigations = mitigations.to_vec();
+        self
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.scenario.settings().with_mitigations(&self.mitigations)
+    }
+
+    pub fn simulate(&self) -> sim::Run {
+        sim::simulate_settings(&self.settings(), self.seed)
+    }
+
+    /// The ground truth, measured from the simulation.
+    pub fn truth(&self) -> Truth {
+        let settings = self.settings();
+        let run = sim::simulate_settings(&settings, self.seed);
+        truth::measure(self.scenario, self.seed, &self.mitigations, &settings, &run)
+    }
+}
 
 /// The OTLP request for spans of one resource.
 pub fn to_request(spans: Vec<SpanData>, resource: &Resource) -> ExportTraceServiceRequest {
@@ -42,45 +99,100 @@ pub fn to_request(spans: Vec<SpanData>, resource: &Resource) -> ExportTraceServi
     ExportTraceServiceRequest { resource_spans }
 }
 
-/// Simulate `scenario` and write its spans as OTLP/JSON lines (one export
-/// request per line, as the Collector's file exporter does). Returns the
-/// number of spans written.
+/// Simulate `scenario` and write its telemetry as OTLP/JSON lines. Returns
+/// the number of spans written.
 pub fn generate(
     scenario: Scenario,
     seed: u64,
     opts: &EmitOptions,
     out: &mut impl Write,
 ) -> std::io::Result<u64> {
-    generate_at(scenario, seed, opts, 0, out)
+    write_capture(&Capture::new(scenario, seed), opts, Format::JsonLines, out)
+}
+
+/// Simulate `capture` and write its spans, metrics and log records.
+pub fn write_capture(
+    capture: &Capture,
+    opts: &EmitOptions,
+    format: Format,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
+    write_at(capture, opts, format, 0, out)
 }
 
 /// Large-scale captures for benchmarks: `repeat` back-to-back runs of the
-/// scenario (seeds `seed`, `seed + 1`, …), streamed, never held in memory.
+/// capture (seeds `seed`, `seed + 1`, …), streamed, never held in memory.
 pub fn generate_repeated(
-    scenario: Scenario,
-    seed: u64,
+    capture: &Capture,
     opts: &EmitOptions,
+    format: Format,
     repeat: u64,
     out: &mut impl Write,
 ) -> std::io::Result<u64> {
-    let duration = scenario.settings().duration_s.ceil() as u64 + 10;
+    let duration = capture.settings().duration_s.ceil() as u64 + 10;
     let mut total = 0;
     for r in 0..repeat.max(1) {
-        total += generate_at(scenario, seed + r, opts, r * duration, out)?;
+        let c = Capture {
+            seed: capture.seed + r,
+            ..capture.clone()
+        };
+        total += write_at(&c, opts, format, r * duration, out)?;
     }
     Ok(total)
 }
 
-fn generate_at(
-    scenario: Scenario,
-    seed: u64,
+/// The committed export of `scenario`: its default-option capture from
+/// [`COMMITTED_SEED`] as gzip-compressed OTLP/JSON lines (fixed header, so
+/// the same code gives the same bytes), and its truth as pretty JSON.
+pub fn committed_export(scenario: Scenario) -> std::io::Result<(Vec<u8>, String)> {
+    let capture = Capture::new(scenario, COMMITTED_SEED);
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    write_capture(
+        &capture,
+        &EmitOptions::default(),
+        Format::JsonLines,
+        &mut gz,
+    )?;
+    let bytes = gz.finish()?;
+    let truth = serde_json::to_string_pretty(&capture.truth())? + "\n";
+    Ok((bytes, truth))
+}
+
+/// File names of a scenario's committed export and truth.
+pub fn committed_names(scenario: Scenario) -> (String, String) {
+    (
+        format!("{}.jsonl.gz", scenario.name()),
+        format!("{}.truth.json", scenario.name()),
+    )
+}
+
+fn write_message<M>(out: &mut dyn Write, format: Format, message: &M) -> std::io::Result<()>
+where
+    M: prost::Message + serde::Serialize,
+{
+    match format {
+        Format::JsonLines => {
+            serde_json::to_writer(&mut *out, message)?;
+            out.write_all(b"\n")
+        }
+        Format::Protobuf => out.write_all(&message.encode_length_delimited_to_vec()),
+    }
+}
+
+fn write_at(
+    capture: &Capture,
     opts: &EmitOptions,
+    format: Format,
     offset_seconds: u64,
     out: &mut impl Write,
 ) -> std::io::Result<u64> {
-    let run = sim::simulate(scenario, seed);
-    let settings = scenario.settings();
+    let seed = capture.seed;
+    let settings = capture.settings();
+    let run = sim::simulate_settings(&settings, seed);
     let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX_SECONDS + offset_seconds);
+    let epoch_nanos = (EPOCH_UNIX_SECONDS + offset_seconds) * 1_000_000_000;
     let mut pipelines: HashMap<(usize, usize), emit::Pipeline> = HashMap::new();
     let mut written = 0u64;
     let mut pending = 0usize;
@@ -95,14 +207,25 @@ fn generate_at(
             let spans = p.drain();
             for chunk in spans.chunks(BATCH) {
                 *written += chunk.len() as u64;
-                let req = to_request(chunk.to_vec(), &p.resource);
-                serde_json::to_writer(&mut *out, &req)?;
-                out.write_all(b"\n")?;
+                write_message(out, format, &to_request(chunk.to_vec(), &p.resource))?;
             }
         }
         Ok(())
     };
+    let mut events = run.events.iter().peekable();
     for (n, r) in run.requests.iter().enumerate() {
+        while let Some(e) = events.next_if(|e| e.at <= r.start) {
+            if opts.spans {
+                let spec = &settings.services[e.service];
+                let (version, instance) = emit::identity(spec.name, e.generation);
+                let record = match e.kind {
+                    sim::EventKind::Deploy => {
+                        logs::deploy(spec.name, &version, &instance, epoch_nanos + e.at)
+                    }
+                };
+                write_message(out, format, &record)?;
+            }
+        }
         let p = pipelines
             .entry((r.service, r.generation))
             .or_insert_with(|| {
@@ -121,18 +244,9 @@ fn generate_at(
     }
     flush(&pipelines, out, &mut written)?;
     if opts.metrics {
-        let epoch_nanos = (EPOCH_UNIX_SECONDS + offset_seconds) * 1_000_000_000;
         let duration = (settings.duration_s * 1e9) as u64;
         for (i, spec) in settings.services.iter().enumerate() {
-            let r = emit::resource(spec.name, 0, "demo");
-            let attr = |k: &str| {
-                r.get(&opentelemetry::Key::from_static_str(match k {
-                    "v" => "service.version",
-                    _ => "service.instance.id",
-                }))
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-            };
+            let (version, instance) = emit::identity(spec.name, 0);
             let mut latencies: Vec<(u64, f64)> = run
                 .requests
                 .iter()
@@ -142,15 +256,14 @@ fn generate_at(
             latencies.sort_by_key(|l| l.0);
             for req in metrics::requests(
                 spec.name,
-                &attr("v"),
-                &attr("i"),
+                &version,
+                &instance,
                 epoch_nanos,
                 &run.gauges[i],
                 &latencies,
                 duration,
             ) {
-                serde_json::to_writer(&mut *out, &req)?;
-                out.write_all(b"\n")?;
+                write_message(out, format, &req)?;
             }
         }
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
+use crate::Capture;
 use crate::emit::{self, EmitOptions};
-use crate::scenario::Scenario;
 use crate::sim;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,15 +48,15 @@ fn exporter(
 /// Play `scenario` in real time against `endpoint`, `speed` times faster
 /// than the simulation clock (1.0 = real time).
 pub async fn run_with(
-    scenario: Scenario,
-    seed: u64,
+    capture: Capture,
     endpoint: &str,
     protocol: Protocol,
     speed: f64,
     opts: EmitOptions,
 ) -> Result<u64, LiveError> {
-    let run = sim::simulate(scenario, seed);
-    let settings = scenario.settings();
+    let settings = capture.settings();
+    let run = sim::simulate_settings(&settings, capture.seed);
+    let seed = capture.seed;
     let wall_start = Instant::now();
     let epoch = SystemTime::now();
     let mut pipelines: HashMap<(usize, usize), (emit::Pipeline, opentelemetry_otlp::SpanExporter)> =
@@ -110,7 +110,7 @@ pub async fn run_with(
     }
     tracing::info!(
         spans = sent,
-        scenario = scenario.name(),
+        scenario = capture.scenario.name(),
         "scenario finished"
     );
     Ok(sent)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use herdwatch_samples::live::Protocol;
-use herdwatch_samples::{EmitOptions, Scenario, Semconv};
+use herdwatch_samples::{Capture, EmitOptions, Format, Mitigation, Scenario, Semconv};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,39 @@ enum SemconvArg {
 enum ProtocolArg {
     Grpc,
     Http,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// One OTLP/JSON export request per line.
+    Json,
+    /// Length-delimited OTLP protobuf.
+    Protobuf,
+}
+
+/// The scenario to simulate and the mitigations to switch on.
+#[derive(clap::Args)]
+struct Pick {
+    #[arg(long)]
+    scenario: String,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Switch a mitigation on in every service (repeatable): single-flight,
+    /// ttl-jitter, xfetch, stale-while-revalidate, warm-up, circuit-breaker.
+    #[arg(long = "mitigation")]
+    mitigations: Vec<String>,
+}
+
+impl Pick {
+    fn capture(&self) -> anyhow::Result<Capture> {
+        let scenario = Scenario::parse(&self.scenario)?;
+        let mitigations = self
+            .mitigations
+            .iter()
+            .map(|m| Mitigation::parse(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Capture::new(scenario, self.seed).with_mitigations(&mitigations))
+    }
 }
 
 #[derive(clap::Args)]
@@ -68,32 +101,37 @@ impl Emit {
 enum Cmd {
     /// List the scenarios.
     List,
-    /// Write a scenario's spans as OTLP/JSON lines (virtual time, deterministic).
+    /// Write a scenario's telemetry to a file (virtual time, deterministic).
     Generate {
-        #[arg(long)]
-        scenario: String,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
+        #[command(flatten)]
+        pick: Pick,
         /// Output file; `.gz` compresses.
         #[arg(long)]
         out: PathBuf,
+        /// OTLP/JSON lines or length-delimited protobuf.
+        #[arg(long, value_enum, default_value = "json")]
+        format: FormatArg,
         /// Repeat the scenario back to back (large captures for benchmarks).
         #[arg(long, default_value_t = 1)]
         repeat: u64,
         #[command(flatten)]
         emit: Emit,
     },
-    /// Print a scenario's ground truth as JSON.
+    /// Print a capture's ground truth as JSON (measured from the simulation).
     Truth {
-        #[arg(long)]
-        scenario: String,
+        #[command(flatten)]
+        pick: Pick,
+    },
+    /// Rewrite the committed exports and truth files (byte-identical for
+    /// the same code).
+    Regenerate {
+        #[arg(long, default_value = "samples/data")]
+        dir: PathBuf,
     },
     /// Play a scenario in real time to an OTLP endpoint.
     Live {
-        #[arg(long)]
-        scenario: String,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
+        #[command(flatten)]
+        pick: Pick,
         #[arg(long, default_value = "http://127.0.0.1:4317")]
         endpoint: String,
         #[arg(long, value_enum, default_value = "grpc")]
@@ -111,22 +149,63 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::List => {
             for s in Scenario::ALL {
-                let t = s.truth();
-                println!("{:<22} {}", s.name(), t.kind.unwrap_or("no incident"));
+                let e = s.expectation(&[]);
+                println!("{:<22} {}", s.name(), e.kind.unwrap_or("no incident"));
             }
         }
-        Cmd::Truth { scenario } => {
-            let s = Scenario::parse(&scenario)?;
-            println!("{}", serde_json::to_string_pretty(&s.truth())?);
+        Cmd::Truth { pick } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&pick.capture()?.truth())?
+            );
+        }
+        Cmd::Regenerate { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            // One scenario per core: compression at the best level is slow.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        scope.spawn(|| -> anyhow::Result<()> {
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(&s) = Scenario::ALL.get(i) else {
+                                    return Ok(());
+                                };
+                                let (bytes, truth) = herdwatch_samples::committed_export(s)?;
+                                let (export, truth_name) = herdwatch_samples::committed_names(s);
+                                for (name, data) in
+                                    [(export, bytes), (truth_name, truth.into_bytes())]
+                                {
+                                    let path = dir.join(name);
+                                    std::fs::write(&path, &data).with_context(|| {
+                                        format!("cannot write {}", path.display())
+                                    })?;
+                                    eprintln!("{}: {} bytes", path.display(), data.len());
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("a regenerate worker panicked"))
+            })?;
         }
         Cmd::Generate {
-            scenario,
-            seed,
+            pick,
             out,
+            format,
             repeat,
             emit,
         } => {
-            let s = Scenario::parse(&scenario)?;
+            let capture = pick.capture()?;
+            let format = match format {
+                FormatArg::Json => Format::JsonLines,
+                FormatArg::Protobuf => Format::Protobuf,
+            };
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             let mut w: Box<dyn Write> = if out.extension().is_some_and(|e| e == "gz") {
@@ -137,28 +216,32 @@ fn main() -> anyhow::Result<()> {
             } else {
                 Box::new(std::io::BufWriter::new(file))
             };
-            let n = herdwatch_samples::generate_repeated(s, seed, &emit.options(), repeat, &mut w)?;
+            let n = herdwatch_samples::generate_repeated(
+                &capture,
+                &emit.options(),
+                format,
+                repeat,
+                &mut w,
+            )?;
             w.flush()?;
             drop(w);
             eprintln!("{}: {n} spans", out.display());
         }
         Cmd::Live {
-            scenario,
-            seed,
+            pick,
             endpoint,
             protocol,
             speed,
             emit,
         } => {
-            let s = Scenario::parse(&scenario)?;
+            let capture = pick.capture()?;
             let protocol = match protocol {
                 ProtocolArg::Grpc => Protocol::Grpc,
                 ProtocolArg::Http => Protocol::HttpProtobuf,
             };
             let rt = tokio::runtime::Runtime::new()?;
             let n = rt.block_on(herdwatch_samples::live::run_with(
-                s,
-                seed,
+                capture,
                 &endpoint,
                 protocol,
                 speed,

@@ -8,8 +8,8 @@
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric, number_data_point,
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -19,6 +19,16 @@ use crate::sim::Gauges;
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// The database server's `max_connections` (what `postgresql.connection.max`
+/// reports): well above the application's pool.
+pub const SERVER_MAX_CONNECTIONS: usize = 100;
+
+/// Connections other clients (migrations, admin tools) hold on the server.
+pub const OTHER_BACKENDS: usize = 3;
+
+/// Connections the pool keeps open when idle.
+pub const POOL_MIN_IDLE: usize = 5;
 
 /// Export interval of the simulated metric pipelines.
 pub const INTERVAL_NANOS: u64 = 10_000_000_000;
@@ -81,6 +91,9 @@ pub fn requests(
     let (mut hits, mut misses) = (0u64, 0u64);
     let mut t = INTERVAL_NANOS;
     let mut i = 0;
+    // The pool opens connections on demand and keeps them (no idle timeout
+    // within a capture): the server sees the most it ever opened.
+    let mut opened = 0usize;
     while t <= duration_nanos {
         let (mut used, mut pending, mut max) = (0usize, 0usize, 0usize);
         while i < gauges.len() && gauges[i].t < t {
@@ -92,6 +105,7 @@ pub fn requests(
                 pending = gauges[i].pending;
             }
             max = gauges[i].pool_max.max(max);
+            opened = opened.max(gauges[i].pool_used);
             i += 1;
         }
         while li < latencies.len() && latencies[li].0 < t {
@@ -136,6 +150,25 @@ pub fn requests(
                 false,
                 vec![point(start, now, pending as f64, pool.clone())],
             ),
+            sum(
+                "postgresql.backends",
+                "1",
+                false,
+                vec![point(
+                    start,
+                    now,
+                    (opened.max(POOL_MIN_IDLE).min(max) + OTHER_BACKENDS) as f64,
+                    vec![kv("postgresql.database.name", "shop")],
+                )],
+            ),
+            Metric {
+                name: "postgresql.connection.max".into(),
+                unit: "{connection}".into(),
+                data: Some(metric::Data::Gauge(Gauge {
+                    data_points: vec![point(0, now, SERVER_MAX_CONNECTIONS as f64, vec![])],
+                })),
+                ..Default::default()
+            },
             sum(
                 "redis.keyspace.hits",
                 "{hit}",

@@ -1,8 +1,6 @@
 //! The scenarios: stampedes of each kind and the look-alikes that must not
 //! be called stampedes, as model settings plus their ground truth.
 
-use serde::Serialize;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scenario {
     Baseline,
@@ -44,6 +42,16 @@ pub struct ServiceSpec {
     pub slow_route_share: f64,
     pub slow_query_work: f64,
     pub single_flight: bool,
+    /// XFetch (probabilistic early refresh) with this beta; 0 is off.
+    pub xfetch_beta: f64,
+    /// Stale-while-revalidate: serve a value this long past its TTL while
+    /// one background refresh runs; 0 is off.
+    pub swr_s: f64,
+    /// On deploy, pre-load the keys from a snapshot before taking traffic.
+    pub warm_up: bool,
+    /// Circuit breaker on cache calls plus a limiter on concurrent
+    /// recomputes (fail fast when full); 0 is off.
+    pub recompute_limit: usize,
     pub retries: bool,
     pub client_timeout_s: f64,
     /// Connection-pool acquire timeout.
@@ -75,6 +83,10 @@ impl Default for ServiceSpec {
             slow_route_share: 0.0,
             slow_query_work: 1.0,
             single_flight: false,
+            xfetch_beta: 0.0,
+            swr_s: 0.0,
+            warm_up: false,
+            recompute_limit: 0,
             retries: false,
             client_timeout_s: 10.0,
             pool_timeout_s: 2.0,
@@ -88,10 +100,77 @@ pub struct Settings {
     pub services: Vec<ServiceSpec>,
 }
 
-/// What a scenario is, for its truth file.
-#[derive(Debug, Clone, Serialize)]
-pub struct Truth {
-    pub scenario: &'static str,
+impl Settings {
+    /// The same load with `mitigations` switched on in every service.
+    pub fn with_mitigations(mut self, mitigations: &[Mitigation]) -> Self {
+        for spec in &mut self.services {
+            for m in mitigations {
+                m.apply(spec);
+            }
+        }
+        self
+    }
+}
+
+/// The mitigations the simulated service can switch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mitigation {
+    SingleFlight,
+    TtlJitter,
+    XFetch,
+    StaleWhileRevalidate,
+    WarmUp,
+    CircuitBreaker,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown mitigation {0:?}; known: {known}", known = Mitigation::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownMitigation(pub String);
+
+impl Mitigation {
+    pub const ALL: [Mitigation; 6] = [
+        Self::SingleFlight,
+        Self::TtlJitter,
+        Self::XFetch,
+        Self::StaleWhileRevalidate,
+        Self::WarmUp,
+        Self::CircuitBreaker,
+    ];
+
+    /// The id the analyzer uses for the same mitigation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SingleFlight => "single-flight",
+            Self::TtlJitter => "ttl-jitter",
+            Self::XFetch => "xfetch",
+            Self::StaleWhileRevalidate => "stale-while-revalidate",
+            Self::WarmUp => "warm-up",
+            Self::CircuitBreaker => "circuit-breaker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, UnknownMitigation> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownMitigation(s.to_string()))
+    }
+
+    fn apply(self, spec: &mut ServiceSpec) {
+        match self {
+            Self::SingleFlight => spec.single_flight = true,
+            Self::TtlJitter => spec.ttl_jitter = 0.3,
+            Self::XFetch => spec.xfetch_beta = 1.0,
+            Self::StaleWhileRevalidate => spec.swr_s = 60.0,
+            Self::WarmUp => spec.warm_up = true,
+            Self::CircuitBreaker => spec.recompute_limit = spec.pool,
+        }
+    }
+}
+
+/// What a scenario is meant to show (the designed part of its truth).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
     /// The incident kind, or none.
     pub kind: Option<&'static str>,
     pub service: Option<&'static str>,
@@ -186,7 +265,36 @@ impl Scenario {
         }
     }
 
-    pub fn truth(self) -> Truth {
+    /// What the scenario shows with `mitigations` switched on: no incident
+    /// when one of them prevents its kind.
+    pub fn expectation(self, mitigations: &[Mitigation]) -> Expectation {
+        let e = self.designed();
+        let prevented = e.kind.is_some_and(|kind| {
+            mitigations.iter().any(|m| match (kind, m) {
+                ("synchronized-expiry", Mitigation::StaleWhileRevalidate) => true,
+                ("synchronized-expiry", Mitigation::SingleFlight) => {
+                    mitigations.contains(&Mitigation::TtlJitter)
+                }
+                ("hot-key-expiry", Mitigation::XFetch | Mitigation::StaleWhileRevalidate) => {
+                    self != Self::RetryStorm
+                }
+                ("cold-cache", Mitigation::WarmUp) => true,
+                _ => false,
+            })
+        });
+        if prevented {
+            Expectation {
+                kind: None,
+                service: None,
+                onset_s: None,
+                mitigations: Vec::new(),
+            }
+        } else {
+            e
+        }
+    }
+
+    fn designed(self) -> Expectation {
         let (kind, onset, mitigations): (Option<&'static str>, Option<f64>, Vec<&'static str>) =
             match self {
                 Self::Baseline | Self::Mitigated => (None, None, vec![]),
@@ -215,8 +323,7 @@ impl Scenario {
                     (Some("db-saturation"), Some(90.0), vec!["slow-query-review"])
                 }
             };
-        Truth {
-            scenario: self.name(),
+        Expectation {
             kind,
             service: kind.map(|_| "catalog"),
             onset_s: onset,

@@ -35,8 +35,7 @@ async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browse
     let started = Instant::now();
     let generator = tokio::spawn(async move {
         herdwatch_samples::live::run_with(
-            Scenario::SynchronizedExpiry,
-            7,
+            herdwatch_samples::Capture::new(Scenario::SynchronizedExpiry, 7),
             &endpoint,
             Protocol::HttpProtobuf,
             speed,
