@@ -628,3 +628,37 @@ async fn sdk_metrics_arrive_with_their_kinds() {
     let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
     app.shutdown().await;
 }
+
+/// The generator's real-time mode goes out through the SDK's own OTLP
+/// exporter, over gRPC and over HTTP, and everything it sent is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generators_real_time_mode_delivers_over_grpc_and_http() {
+    use herdwatch_samples::live::Protocol;
+    for (protocol, name) in [(Protocol::Grpc, "live-grpc"), (Protocol::HttpProtobuf, "live-http")] {
+        let app = herdwatch_collector::testsuite::start(name, "").await;
+        let endpoint = match protocol {
+            Protocol::Grpc => format!("http://{}", app.grpc_addr),
+            Protocol::HttpProtobuf => format!("http://{}", app.http_addr),
+        };
+        // 180 s of baseline played 60 times faster.
+        let sent = herdwatch_samples::live::run_with(
+            herdwatch_samples::Capture::new(herdwatch_samples::Scenario::Baseline, 3),
+            &endpoint,
+            protocol,
+            60.0,
+            herdwatch_samples::EmitOptions::default(),
+        )
+        .await
+        .expect("the generator delivers");
+        assert!(sent > 50_000, "{name}: {sent} spans");
+        let stats: serde_json::Value =
+            reqwest::get(format!("http://{}/api/v1/stats", app.dashboard_addr))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(stats["services"]["catalog"]["spans"], sent, "{name}");
+        app.shutdown().await;
+    }
+}
