@@ -634,7 +634,10 @@ async fn sdk_metrics_arrive_with_their_kinds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generators_real_time_mode_delivers_over_grpc_and_http() {
     use herdwatch_samples::live::Protocol;
-    for (protocol, name) in [(Protocol::Grpc, "live-grpc"), (Protocol::HttpProtobuf, "live-http")] {
+    for (protocol, name) in [
+        (Protocol::Grpc, "live-grpc"),
+        (Protocol::HttpProtobuf, "live-http"),
+    ] {
         let app = herdwatch_collector::testsuite::start(name, "").await;
         let endpoint = match protocol {
             Protocol::Grpc => format!("http://{}", app.grpc_addr),
