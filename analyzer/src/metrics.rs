@@ -136,6 +136,50 @@ fn spread(target: &mut [f64], t0: u64, width: u64, from: u64, to: u64, amount: f
     }
 }
 
+/// Exponential histograms are folded onto fixed bounds 2^(k/4) of their
+/// unit (scale 2) from 2^-16 to 2^8: the buckets of any finer scale nest
+/// exactly inside these, so cumulative counts stay cumulative when an SDK
+/// lowers its scale over time.
+const FOLD_SCALE: i32 = 2;
+const FOLD_MIN_INDEX: i64 = -16 * 4;
+const FOLD_MAX_INDEX: i64 = 8 * 4;
+
+/// The bounds exponential histograms are folded onto.
+pub fn exponential_bounds() -> Arc<[f64]> {
+    static BOUNDS: std::sync::OnceLock<Arc<[f64]>> = std::sync::OnceLock::new();
+    BOUNDS
+        .get_or_init(|| {
+            (FOLD_MIN_INDEX..=FOLD_MAX_INDEX)
+                .map(|k| 2f64.powf(k as f64 / 4.0))
+                .collect()
+        })
+        .clone()
+}
+
+/// Counts of an exponential histogram's positive buckets (bucket `i` covers
+/// (base^i, base^(i+1)], base = 2^(2^-scale)) and zero bucket, as counts
+/// over [`exponential_bounds`]. A bucket coarser than the fold counts where
+/// its upper edge falls.
+pub fn fold_exponential(scale: i32, zero_count: u64, offset: i32, counts: &[u64]) -> Vec<u64> {
+    let n = (FOLD_MAX_INDEX - FOLD_MIN_INDEX + 1) as usize;
+    let mut out = vec![0u64; n + 1];
+    out[0] += zero_count;
+    let scale = scale.clamp(-10, 20);
+    for (i, c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let index = offset as i64 + i as i64;
+        // The fold bucket j covering (2^(j/4), 2^((j+1)/4)] that holds it.
+        let j = if scale >= FOLD_SCALE {
+            index.div_euclid(1 << (scale - FOLD_SCALE))
+        } else {
+            (index + 1) * (1 << (FOLD_SCALE - scale)) - 1
+        };
+        // Explicit bucket k covers (bounds[k-1], bounds[k]].
+        let k = (j + 1 - FOLD_MIN_INDEX).clamp(0, n as i64) as usize;
+        out[k] += c;
+    }
+    out
+}
+
 /// Per-interval increments of a monotonic cumulative series, counter resets
 /// handled: a drop (or a new start time) starts a new counter whose value is
 /// all increment.
@@ -263,14 +307,31 @@ pub fn bucket_metrics(
             // Latency histograms.
             let mut prev: Option<(u64, Vec<u64>)> = None;
             for p in &pts {
-                let MetricValue::Histogram {
-                    bounds,
-                    bucket_counts,
-                    temporality,
-                    ..
-                } = &p.value
-                else {
-                    continue;
+                let folded;
+                let (bounds, bucket_counts, temporality) = match &p.value {
+                    MetricValue::Histogram {
+                        bounds,
+                        bucket_counts,
+                        temporality,
+                        ..
+                    } => (bounds, bucket_counts, temporality),
+                    MetricValue::ExponentialHistogram {
+                        scale,
+                        zero_count,
+                        positive_offset,
+                        positive_counts,
+                        temporality,
+                        ..
+                    } => {
+                        folded = fold_exponential(
+                            *scale,
+                            *zero_count,
+                            *positive_offset,
+                            positive_counts,
+                        );
+                        (&exponential_bounds(), &folded, temporality)
+                    }
+                    _ => continue,
                 };
                 if bucket_counts.is_empty() {
                     continue;
@@ -405,6 +466,75 @@ mod tests {
         let b = &bucket_metrics(&both, 0, s, 3)["catalog"];
         assert_eq!(b.pool_used[1], Some(7.0), "the client's pool wins");
         assert_eq!(b.pool_max[1], Some(20.0));
+    }
+
+    #[test]
+    fn exponential_buckets_fold_onto_the_bounds_that_hold_them() {
+        let bounds = exponential_bounds();
+        // Scale 3 (base 2^(1/8)): bucket 8 is (2, 2^(9/8)], inside the fold
+        // bucket (2, 2^(5/4)]; bucket -1 is (2^(-1/8), 1], inside (2^(-1/4), 1].
+        let folded = fold_exponential(3, 2, -1, &[5, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(folded[0], 2, "zero bucket");
+        let at = |upper: f64| {
+            bounds
+                .iter()
+                .position(|b| (b - upper).abs() < 1e-12)
+                .unwrap()
+        };
+        assert_eq!(folded[at(1.0)], 5);
+        assert_eq!(folded[at(2f64.powf(1.25))], 7);
+        assert_eq!(folded.iter().sum::<u64>(), 14);
+        // Scale 0 (base 2): bucket 1 is (2, 4]; counted where 4 falls.
+        let coarse = fold_exponential(0, 0, 1, &[3]);
+        assert_eq!(coarse[at(4.0)], 3);
+        // Downscaling a cumulative histogram keeps the folded counts.
+        let fine = fold_exponential(4, 0, 32, &[1, 2, 3, 4]);
+        let merged = fold_exponential(3, 0, 16, &[3, 7]);
+        assert_eq!(fine, merged);
+    }
+
+    #[test]
+    fn latency_comes_from_exponential_histograms_too() {
+        use crate::stats::histogram_quantile;
+        let s = 1_000_000_000u64;
+        // 100 requests of ~30 ms and 10 of ~3 s in one 10 s interval, scale 3.
+        let index = |seconds: f64| (seconds.log2() * 8.0).ceil() as i32 - 1;
+        let (fast, slow) = (index(0.03), index(3.0));
+        let mut counts = vec![0u64; (slow - fast + 1) as usize];
+        counts[0] = 100;
+        counts[(slow - fast) as usize] = 10;
+        let point = |t: u64, counts: Vec<u64>| MetricPoint {
+            resource: Arc::new(crate::model::ResourceInfo {
+                service: "catalog".into(),
+                version: "1".into(),
+                instance: "a".into(),
+            }),
+            name: "http.server.request.duration".into(),
+            unit: "s".into(),
+            attributes: vec![],
+            start_unix_nano: 0,
+            time_unix_nano: t,
+            value: MetricValue::ExponentialHistogram {
+                count: counts.iter().sum(),
+                sum: 33.0,
+                scale: 3,
+                zero_count: 0,
+                positive_offset: fast,
+                positive_counts: counts,
+                temporality: Temporality::Cumulative,
+            },
+        };
+        let zero = vec![0u64; counts.len()];
+        let pts = [point(10 * s, zero), point(20 * s, counts)];
+        let b = &bucket_metrics(&pts, 0, 10 * s, 3)["catalog"];
+        assert!(b.has_latency);
+        let bounds = b.latency_bounds.as_ref().unwrap();
+        let merged = &b.latency_counts[1];
+        assert_eq!(merged.iter().sum::<f64>(), 110.0);
+        let p50 = histogram_quantile(bounds, merged, 0.5);
+        let p95 = histogram_quantile(bounds, merged, 0.95);
+        assert!((0.025..=0.036).contains(&p50), "P50 {p50}");
+        assert!((2.5..=3.6).contains(&p95), "P95 {p95}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct EmitOptions {
     pub metrics: bool,
     /// Write spans (off for a metrics-only capture).
     pub spans: bool,
+    /// Request durations as a base-2 exponential histogram instead of the
+    /// semconv default buckets.
+    pub exponential_histograms: bool,
 }
 
 impl Default for EmitOptions {
@@ -47,6 +50,7 @@ impl Default for EmitOptions {
             app_attributes: false,
             metrics: true,
             spans: true,
+            exponential_histograms: false,
         }
     }
 }

@@ -254,14 +254,18 @@ fn write_at(
                 .map(|r| (r.end, (r.end - r.start) as f64 / 1e9))
                 .collect();
             latencies.sort_by_key(|l| l.0);
+            let who = metrics::Identity {
+                service: spec.name,
+                version: &version,
+                instance: &instance,
+            };
             for req in metrics::requests(
-                spec.name,
-                &version,
-                &instance,
+                who,
                 epoch_nanos,
                 &run.gauges[i],
                 &latencies,
                 duration,
+                opts.exponential_histograms,
             ) {
                 write_message(out, format, &req)?;
             }

@@ -79,6 +79,9 @@ struct Emit {
     /// Leave out spans (a metrics-only capture).
     #[arg(long)]
     no_spans: bool,
+    /// Request durations as a base-2 exponential histogram.
+    #[arg(long)]
+    exponential_histograms: bool,
 }
 
 impl Emit {
@@ -93,6 +96,7 @@ impl Emit {
             app_attributes: self.app_attributes,
             metrics: !self.no_metrics,
             spans: !self.no_spans,
+            exponential_histograms: self.exponential_histograms,
         }
     }
 }

@@ -8,8 +8,9 @@
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
-    Sum, metric, number_data_point,
+    ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point,
+    metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -43,6 +44,13 @@ fn kv(k: &str, v: &str) -> KeyValue {
     }
 }
 
+fn route_attrs() -> Vec<KeyValue> {
+    vec![
+        kv("http.route", "/product/{id}"),
+        kv("http.request.method", "GET"),
+    ]
+}
+
 fn point(start: u64, time: u64, v: f64, attrs: Vec<KeyValue>) -> NumberDataPoint {
     NumberDataPoint {
         attributes: attrs,
@@ -66,18 +74,55 @@ fn sum(name: &str, unit: &str, monotonic: bool, points: Vec<NumberDataPoint>) ->
     }
 }
 
-/// One export request per interval for one service.
+/// Buckets an SDK's base-2 exponential histogram keeps at most.
+pub const EXPONENTIAL_MAX_SIZE: i64 = 160;
+
+/// The highest scale (at most 20) at which `min..=max` seconds fit in
+/// [`EXPONENTIAL_MAX_SIZE`] buckets, and the index of `min`'s bucket, as an
+/// SDK's exponential aggregation settles on them.
+pub fn exponential_layout(min: f64, max: f64) -> (i32, i64) {
+    let index = |v: f64, scale: i32| (v.log2() * 2f64.powi(scale)).ceil() as i64 - 1;
+    let mut scale = 20;
+    while scale > -10 && index(max, scale) - index(min, scale) + 1 > EXPONENTIAL_MAX_SIZE {
+        scale -= 1;
+    }
+    (scale, index(min, scale))
+}
+
+/// Whose metrics these are.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub service: &'a str,
+    pub version: &'a str,
+    pub instance: &'a str,
+}
+
+/// One export request per interval for one service; the request-duration
+/// histogram with the semconv default buckets, or base-2 exponential (as
+/// SDKs configured for it send) when `exponential`.
 pub fn requests(
-    service: &str,
-    version: &str,
-    instance: &str,
+    who: Identity<'_>,
     epoch_nanos: u64,
     gauges: &[Gauges],
     // (end, seconds) of each request, sorted by end, relative to the epoch.
     latencies: &[(u64, f64)],
     duration_nanos: u64,
+    exponential: bool,
 ) -> Vec<ExportMetricsServiceRequest> {
+    let Identity {
+        service,
+        version,
+        instance,
+    } = who;
     let mut counts = vec![0u64; DURATION_BUCKETS.len() + 1];
+    let (lo, hi) = latencies
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), l| {
+            (lo.min(l.1), hi.max(l.1))
+        });
+    let (exp_scale, exp_offset) = exponential_layout(lo.max(1e-9), hi.max(lo).max(1e-9));
+    let mut exp_counts = vec![0u64; EXPONENTIAL_MAX_SIZE as usize];
+    let mut exp_used = 0usize;
     let (mut total, mut seconds, mut li) = (0u64, 0.0f64, 0usize);
     let resource = Resource {
         attributes: vec![
@@ -112,6 +157,10 @@ pub fn requests(
             let secs = latencies[li].1;
             let b = DURATION_BUCKETS.partition_point(|x| *x < secs);
             counts[b] += 1;
+            let e = ((secs.log2() * 2f64.powi(exp_scale)).ceil() as i64 - 1 - exp_offset)
+                .clamp(0, EXPONENTIAL_MAX_SIZE - 1) as usize;
+            exp_counts[e] += 1;
+            exp_used = exp_used.max(e + 1);
             total += 1;
             seconds += secs;
             li += 1;
@@ -184,22 +233,38 @@ pub fn requests(
             Metric {
                 name: "http.server.request.duration".into(),
                 unit: "s".into(),
-                data: Some(metric::Data::Histogram(Histogram {
-                    data_points: vec![HistogramDataPoint {
-                        attributes: vec![
-                            kv("http.route", "/product/{id}"),
-                            kv("http.request.method", "GET"),
-                        ],
-                        start_time_unix_nano: start,
-                        time_unix_nano: now,
-                        count: total,
-                        sum: Some(seconds),
-                        bucket_counts: counts.clone(),
-                        explicit_bounds: DURATION_BUCKETS.to_vec(),
-                        ..Default::default()
-                    }],
-                    aggregation_temporality: 2,
-                })),
+                data: Some(if exponential {
+                    metric::Data::ExponentialHistogram(ExponentialHistogram {
+                        data_points: vec![ExponentialHistogramDataPoint {
+                            attributes: route_attrs(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            count: total,
+                            sum: Some(seconds),
+                            scale: exp_scale,
+                            positive: Some(exponential_histogram_data_point::Buckets {
+                                offset: exp_offset as i32,
+                                bucket_counts: exp_counts[..exp_used].to_vec(),
+                            }),
+                            ..Default::default()
+                        }],
+                        aggregation_temporality: 2,
+                    })
+                } else {
+                    metric::Data::Histogram(Histogram {
+                        data_points: vec![HistogramDataPoint {
+                            attributes: route_attrs(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            count: total,
+                            sum: Some(seconds),
+                            bucket_counts: counts.clone(),
+                            explicit_bounds: DURATION_BUCKETS.to_vec(),
+                            ..Default::default()
+                        }],
+                        aggregation_temporality: 2,
+                    })
+                }),
                 ..Default::default()
             },
         ];

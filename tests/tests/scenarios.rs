@@ -314,6 +314,38 @@ fn same_seed_same_bytes() {
 }
 
 #[test]
+fn exponential_latency_histograms_give_the_same_metrics_only_verdicts() {
+    let options = |exponential_histograms| EmitOptions {
+        spans: false,
+        exponential_histograms,
+        ..EmitOptions::default()
+    };
+    for s in [Scenario::Baseline, Scenario::SynchronizedExpiry] {
+        let explicit = analyse(s, options(false));
+        let exponential = analyse(s, options(true));
+        let kinds = |r: &Report| r.incidents.iter().map(|i| i.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&explicit), kinds(&exponential), "{}", s.name());
+        // Both P95s come from the histograms; the exponential one is finer.
+        for (a, b) in explicit.services.iter().zip(&exponential.services) {
+            assert!(
+                b.p95_ms > 0.0 && (a.p95_ms - b.p95_ms).abs() <= 0.5 * a.p95_ms,
+                "{}: P95 {} (explicit) vs {} (exponential)",
+                s.name(),
+                a.p95_ms,
+                b.p95_ms
+            );
+        }
+        for (a, b) in explicit.incidents.iter().zip(&exponential.incidents) {
+            let (pa, pb) = (a.evidence.p95_peak_ms, b.evidence.p95_peak_ms);
+            assert!(
+                pb > 0.0 && (pa - pb).abs() <= 0.5 * pa,
+                "peak P95 {pa} vs {pb}"
+            );
+        }
+    }
+}
+
+#[test]
 fn metrics_only_captures_give_the_verdict_with_reduced_detail_stated() {
     let metrics_only = EmitOptions {
         spans: false,
