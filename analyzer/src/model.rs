@@ -381,7 +381,7 @@ pub struct LogMarker {
 }
 
 /// What one decoded OTLP request (or one file line) yields.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
     pub spans: Vec<SpanRow>,
     pub points: Vec<MetricPoint>,

@@ -78,16 +78,52 @@ impl Session {
     }
 
     pub fn finish(self) -> Result<Report, SignalError> {
+        Ok(self.signals()?.report())
+    }
+
+    /// The first half of [`Session::finish`]: the last traces reduced and
+    /// the per-service frames built (signals, SLO series).
+    pub fn signals(self) -> Result<Signals, SignalError> {
         let Session {
             analyzer,
             assembler,
             points,
             markers,
         } = self;
-        let config = &analyzer.config;
         let mut facts = assembler.finish();
         facts.markers.extend(detect::log_markers(&markers));
-        let series = signals::build(&facts, &points, config, &analyzer.slos)?;
+        let series = signals::build(&facts, &points, &analyzer.config, &analyzer.slos)?;
+        Ok(Signals {
+            analyzer,
+            facts,
+            series,
+            metric_points: points.len() as u64,
+            log_markers: markers.len() as u64,
+        })
+    }
+}
+
+/// Built frames, before detection.
+pub struct Signals {
+    analyzer: Analyzer,
+    facts: crate::shape::Facts,
+    series: Vec<ServiceSeries>,
+    metric_points: u64,
+    log_markers: u64,
+}
+
+impl Signals {
+    /// The second half of [`Session::finish`]: detection, causes,
+    /// mitigations and summaries.
+    pub fn report(self) -> Report {
+        let Signals {
+            analyzer,
+            facts,
+            series,
+            metric_points,
+            log_markers,
+        } = self;
+        let config = &analyzer.config;
         let mut incidents = Vec::new();
         let mut notes = Vec::new();
         let mut services = Vec::new();
@@ -117,7 +153,7 @@ impl Session {
             .first()
             .map(|s| (s.t0, s.time_of(s.buckets.len())))
             .unwrap_or((0, 0));
-        Ok(Report {
+        Report {
             schema_version: SCHEMA_VERSION,
             incidents,
             services,
@@ -125,13 +161,13 @@ impl Session {
             input: InputSummary {
                 spans: facts.spans,
                 traces: facts.traces,
-                metric_points: points.len() as u64,
-                log_markers: markers.len() as u64,
+                metric_points,
+                log_markers,
                 start_unix_nano: start,
                 end_unix_nano: end,
                 bucket_seconds: config.bucket_seconds,
             },
-        })
+        }
     }
 }
 

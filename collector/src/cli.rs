@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use herdwatch_analyzer::Analyzer;
-use herdwatch_analyzer::model::Interner;
+use herdwatch_analyzer::model::{Batch, Interner};
 use herdwatch_analyzer::slo::Severity;
 
 use crate::config::{Config, LogFormat, Overrides, RawConfig, check_env};
@@ -85,6 +86,33 @@ pub struct AnalyzeArgs {
     /// Write the report here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Print where the time went to standard error: reading and decoding,
+    /// trace assembly, frames, detection.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+/// Decoded batches waiting for the assembly thread.
+const ANALYZE_QUEUE: usize = 64;
+
+/// Read every file, sending its batches to `tx`; per-file statistics.
+fn read_all<'a>(
+    files: &'a [PathBuf],
+    decoder: &Decoder,
+    strict: bool,
+    tx: &std::sync::mpsc::SyncSender<Batch>,
+) -> anyhow::Result<Vec<(&'a PathBuf, files::ReadStats)>> {
+    files
+        .iter()
+        .map(|path| {
+            let stats = files::read_file(path, decoder, strict, &mut |b| {
+                // The receiver only goes away if it panicked; join reports that.
+                let _ = tx.send(b);
+            })
+            .map_err(|e| BadInput(e.to_string()))?;
+            Ok((path, stats))
+        })
+        .collect()
 }
 
 /// Usage or input errors exit 2.
@@ -200,9 +228,29 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let decoder = Decoder::new(Arc::new(Interner::default()));
     let mut session = analyzer.session();
     let mut warnings = Vec::new();
-    for path in &args.files {
-        let stats = files::read_file(path, &decoder, args.strict, &mut |b| session.push(b))
-            .map_err(|e| BadInput(e.to_string()))?;
+    // Two stages on two threads: this one reads and decodes, the other
+    // assembles traces; a bounded channel between them.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(ANALYZE_QUEUE);
+    let started = Instant::now();
+    let (read, (session, assembly)) = std::thread::scope(|scope| {
+        let assembler = scope.spawn(move || {
+            let mut busy = Duration::ZERO;
+            for batch in rx {
+                let t = Instant::now();
+                session.push(batch);
+                busy += t.elapsed();
+            }
+            (session, busy)
+        });
+        let read = read_all(&args.files, &decoder, args.strict, &tx);
+        drop(tx);
+        (
+            read,
+            assembler.join().expect("the assembly thread panicked"),
+        )
+    });
+    let all_read = started.elapsed();
+    for (path, stats) in read? {
         if stats.bad > 0 {
             warnings.push(format!(
                 "{}: {} bad line(s) or frame(s) skipped; first: {}",
@@ -219,7 +267,22 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
             ));
         }
     }
-    let mut report = session.finish()?;
+    let t = Instant::now();
+    let signals = session.signals()?;
+    let frames = t.elapsed();
+    let t = Instant::now();
+    let mut report = signals.report();
+    let detection = t.elapsed();
+    if args.timings {
+        eprintln!(
+            "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s",
+            all_read.as_secs_f64(),
+            assembly.as_secs_f64(),
+            frames.as_secs_f64(),
+            detection.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     report.notes.extend(warnings.iter().cloned());
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -120,8 +120,7 @@ fn signal_hint(path: &Path) -> Option<&'static str> {
 
 fn decode_proto(bytes: &[u8], hint: Option<&str>, d: &Decoder) -> Result<Batch, String> {
     let traces = || {
-        ExportTraceServiceRequest::decode(bytes)
-            .map(|r| d.traces(&r))
+        d.traces_protobuf(bytes)
             .map_err(|e| format!("invalid ExportTraceServiceRequest: {e}"))
     };
     let metrics = || {

@@ -193,8 +193,13 @@ impl Ingest {
         let d = &self.decoder;
         let (batch, protobuf) = match (signal, encoding) {
             (Signal::Traces, Encoding::Protobuf) => {
-                let r: ExportTraceServiceRequest = decode_proto(body, "ExportTraceServiceRequest")?;
-                (d.traces(&r), body.to_vec())
+                let batch = d.traces_protobuf(body).map_err(|e| {
+                    IngestError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("invalid protobuf ExportTraceServiceRequest: {e}"),
+                    )
+                })?;
+                (batch, body.to_vec())
             }
             (Signal::Traces, Encoding::Json) => {
                 let r: ExportTraceServiceRequest = decode_json(body, "trace export")?;

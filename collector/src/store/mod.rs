@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 use herdwatch_analyzer::model::{Batch, LogMarker, MetricPoint, SpanRow};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -510,9 +509,7 @@ fn time_range(batch: &Batch) -> (u64, u64) {
 impl Inner {
     fn decode(&self, signal: Signal, payload: &[u8]) -> Option<Batch> {
         match signal {
-            Signal::Traces => ExportTraceServiceRequest::decode(payload)
-                .ok()
-                .map(|r| self.decoder.traces(&r)),
+            Signal::Traces => self.decoder.traces_protobuf(payload).ok(),
             Signal::Metrics => ExportMetricsServiceRequest::decode(payload)
                 .ok()
                 .map(|r| self.decoder.metrics(&r)),
@@ -901,6 +898,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("hw-store-{name}-{}", std::process::id()));

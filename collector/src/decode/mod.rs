@@ -3,6 +3,12 @@
 //! analysis reads (SPEC §3) in both semantic-convention generations; the rest
 //! is counted as dropped. Invalid items inside a good request are rejected
 //! one by one and reported through `partial_success`.
+//!
+//! Trace requests in protobuf skip the generated types altogether: [`wire`]
+//! reads the fields the analysis uses straight from the bytes, borrowing
+//! strings, and feeds the same span builder.
+
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -35,17 +41,28 @@ impl Decoder {
     }
 
     fn resource(&self, resource: Option<&Resource>) -> Arc<ResourceInfo> {
+        let attrs = resource.into_iter().flat_map(|r| r.attributes.iter());
+        self.resource_from(attrs.map(|kv| (kv.key.as_str(), Attr::of(kv))))
+    }
+
+    /// The resource from its attributes.
+    fn resource_from<'a>(
+        &self,
+        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+    ) -> Arc<ResourceInfo> {
         let mut service = "";
         let mut version = "";
         let mut instance = "";
-        if let Some(resource) = resource {
-            for kv in &resource.attributes {
-                match kv.key.as_str() {
-                    "service.name" => service = str_value(kv).unwrap_or(""),
-                    "service.version" => version = str_value(kv).unwrap_or(""),
-                    "service.instance.id" => instance = str_value(kv).unwrap_or(""),
-                    _ => {}
-                }
+        for (key, value) in attributes {
+            let text = match value {
+                Some(Attr::Str(s)) => s,
+                _ => "",
+            };
+            match key {
+                "service.name" => service = text,
+                "service.version" => version = text,
+                "service.instance.id" => instance = text,
+                _ => {}
             }
         }
         if service.is_empty() {
@@ -63,86 +80,121 @@ impl Decoder {
     /// counted; the rest are kept.
     pub fn traces(&self, request: &ExportTraceServiceRequest) -> Batch {
         let mut batch = Batch::default();
-        let empty = self.interner.empty();
         for (ri, rs) in request.resource_spans.iter().enumerate() {
             let resource = self.resource(rs.resource.as_ref());
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for (pi, span) in ss.spans.iter().enumerate() {
-                    let trace_id: Result<[u8; 16], _> = span.trace_id.as_slice().try_into();
-                    let span_id: Result<[u8; 8], _> = span.span_id.as_slice().try_into();
-                    let problem = match (&trace_id, &span_id) {
-                        (Err(_), _) => Some(format!(
-                            "traceId must be 16 bytes, got {}",
-                            span.trace_id.len()
-                        )),
-                        (Ok(t), _) if *t == [0; 16] => Some("traceId is all zeros".to_string()),
-                        (_, Err(_)) => Some(format!(
-                            "spanId must be 8 bytes, got {}",
-                            span.span_id.len()
-                        )),
-                        (_, Ok(s)) if *s == [0; 8] => Some("spanId is all zeros".to_string()),
-                        _ if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 => {
-                            Some(format!(
-                                "parentSpanId must be empty or 8 bytes, got {}",
-                                span.parent_span_id.len()
-                            ))
-                        }
-                        _ if span.end_time_unix_nano < span.start_time_unix_nano => {
-                            Some("endTimeUnixNano is before startTimeUnixNano".to_string())
-                        }
-                        _ => None,
-                    };
-                    if let Some(problem) = problem {
-                        batch.rejected += 1;
-                        if batch.reject_reason.is_none() {
-                            batch.reject_reason = Some(format!(
-                                "resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]: {problem}"
-                            ));
-                        }
-                        continue;
-                    }
-                    let (Ok(trace_id), Ok(span_id)) = (trace_id, span_id) else {
-                        continue;
-                    };
-                    let mut parent = [0u8; 8];
-                    if span.parent_span_id.len() == 8 {
-                        parent.copy_from_slice(&span.parent_span_id);
-                    }
-                    let mut row = SpanRow {
-                        resource: resource.clone(),
-                        trace_id,
-                        span_id,
-                        parent_span_id: parent,
-                        kind: SpanKind::from_otlp(span.kind),
-                        name: self.interner.intern(&span.name),
+                    let fields = SpanFields {
+                        trace_id: &span.trace_id,
+                        span_id: &span.span_id,
+                        parent_span_id: &span.parent_span_id,
+                        name: &span.name,
+                        kind: span.kind,
                         start_unix_nano: span.start_time_unix_nano,
                         end_unix_nano: span.end_time_unix_nano,
-                        status: StatusCode::from_otlp(
-                            span.status.as_ref().map(|s| s.code).unwrap_or(0),
-                        ),
-                        http_route: empty.clone(),
-                        http_status: 0,
-                        http_method: empty.clone(),
-                        url_path: empty.clone(),
-                        db_system: empty.clone(),
-                        db_operation: empty.clone(),
-                        db_query: empty.clone(),
-                        db_namespace: empty.clone(),
-                        server_address: empty.clone(),
-                        cache_key: empty.clone(),
-                        cache_hit: None,
-                        resend_count: 0,
+                        status_code: span.status.as_ref().map(|s| s.code).unwrap_or(0),
                     };
-                    batch.dropped_attributes += self.span_attributes(&mut row, &span.attributes);
-                    batch.spans.push(row);
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.as_str(), Attr::of(kv)));
+                    self.push_span(&mut batch, &resource, (ri, si, pi), &fields, attributes);
                 }
             }
         }
         batch
     }
 
+    /// Decode a protobuf trace export request straight from its bytes
+    /// ([`wire`]): the same batch as [`Decoder::traces`] on the parsed
+    /// message, without building it.
+    pub fn traces_protobuf(&self, bytes: &[u8]) -> Result<Batch, wire::WireError> {
+        wire::traces(self, bytes)
+    }
+
+    /// Check one span and add its row to `batch`, or count it rejected with
+    /// the reason (`at` locates it in the request).
+    fn push_span<'a>(
+        &self,
+        batch: &mut Batch,
+        resource: &Arc<ResourceInfo>,
+        at: (usize, usize, usize),
+        span: &SpanFields<'_>,
+        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+    ) {
+        let trace_id: Result<[u8; 16], _> = span.trace_id.try_into();
+        let span_id: Result<[u8; 8], _> = span.span_id.try_into();
+        let problem = match (&trace_id, &span_id) {
+            (Err(_), _) => Some(format!(
+                "traceId must be 16 bytes, got {}",
+                span.trace_id.len()
+            )),
+            (Ok(t), _) if *t == [0; 16] => Some("traceId is all zeros".to_string()),
+            (_, Err(_)) => Some(format!(
+                "spanId must be 8 bytes, got {}",
+                span.span_id.len()
+            )),
+            (_, Ok(s)) if *s == [0; 8] => Some("spanId is all zeros".to_string()),
+            _ if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 => {
+                Some(format!(
+                    "parentSpanId must be empty or 8 bytes, got {}",
+                    span.parent_span_id.len()
+                ))
+            }
+            _ if span.end_unix_nano < span.start_unix_nano => {
+                Some("endTimeUnixNano is before startTimeUnixNano".to_string())
+            }
+            _ => None,
+        };
+        let (Ok(trace_id), Ok(span_id), None) = (trace_id, span_id, &problem) else {
+            batch.rejected += 1;
+            if batch.reject_reason.is_none() {
+                let (ri, si, pi) = at;
+                batch.reject_reason = Some(format!(
+                    "resourceSpans[{ri}].scopeSpans[{si}].spans[{pi}]: {}",
+                    problem.unwrap_or_default()
+                ));
+            }
+            return;
+        };
+        let mut parent = [0u8; 8];
+        if span.parent_span_id.len() == 8 {
+            parent.copy_from_slice(span.parent_span_id);
+        }
+        let empty = self.interner.empty();
+        let mut row = SpanRow {
+            resource: resource.clone(),
+            trace_id,
+            span_id,
+            parent_span_id: parent,
+            kind: SpanKind::from_otlp(span.kind),
+            name: self.interner.intern(span.name),
+            start_unix_nano: span.start_unix_nano,
+            end_unix_nano: span.end_unix_nano,
+            status: StatusCode::from_otlp(span.status_code),
+            http_route: empty.clone(),
+            http_status: 0,
+            http_method: empty.clone(),
+            url_path: empty.clone(),
+            db_system: empty.clone(),
+            db_operation: empty.clone(),
+            db_query: empty.clone(),
+            db_namespace: empty.clone(),
+            server_address: empty.clone(),
+            cache_key: empty.clone(),
+            cache_hit: None,
+            resend_count: 0,
+        };
+        batch.dropped_attributes += self.span_attributes(&mut row, attributes);
+        batch.spans.push(row);
+    }
+
     /// Fill `row` from its attributes; returns how many were not used.
-    fn span_attributes(&self, row: &mut SpanRow, attributes: &[KeyValue]) -> u64 {
+    fn span_attributes<'a>(
+        &self,
+        row: &mut SpanRow,
+        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+    ) -> u64 {
         let mut dropped = 0;
         // Stable names win over legacy ones whatever their order.
         let mut legacy_system = None;
@@ -153,15 +205,15 @@ impl Decoder {
         let mut legacy_method = None;
         let mut legacy_target = None;
         let mut legacy_peer = None;
-        for kv in attributes {
-            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+        for (key, value) in attributes {
+            let Some(value) = value else {
                 dropped += 1;
                 continue;
             };
-            match kv.key.as_str() {
+            match key {
                 "http.route" => row.http_route = self.sym(value),
-                "http.response.status_code" => row.http_status = int(value).unwrap_or(0) as u16,
-                "http.status_code" => legacy_status = int(value),
+                "http.response.status_code" => row.http_status = value.int().unwrap_or(0) as u16,
+                "http.status_code" => legacy_status = value.int(),
                 "http.request.method" => row.http_method = self.sym(value),
                 "http.method" => legacy_method = Some(value),
                 "url.path" => row.url_path = self.sym(value),
@@ -177,9 +229,9 @@ impl Decoder {
                 "server.address" => row.server_address = self.sym(value),
                 "net.peer.name" => legacy_peer = Some(value),
                 "cache.key" => row.cache_key = self.sym(value),
-                "cache.hit" => row.cache_hit = boolean(value),
+                "cache.hit" => row.cache_hit = value.boolean(),
                 "cache.result" | "cache.outcome" => {
-                    if let Value::StringValue(s) = value {
+                    if let Attr::Str(s) = value {
                         row.cache_hit = match s.to_ascii_lowercase().as_str() {
                             "hit" => Some(true),
                             "miss" => Some(false),
@@ -188,7 +240,7 @@ impl Decoder {
                     }
                 }
                 "http.request.resend_count" => {
-                    row.resend_count = int(value).unwrap_or(0).clamp(0, u32::MAX as i64) as u32
+                    row.resend_count = value.int().unwrap_or(0).clamp(0, u32::MAX as i64) as u32
                 }
                 _ => dropped += 1,
             }
@@ -226,7 +278,7 @@ impl Decoder {
             row.http_method = self.sym(v);
         }
         if row.url_path.is_empty()
-            && let Some(Value::StringValue(target)) = legacy_target
+            && let Some(Attr::Str(target)) = legacy_target
         {
             let path = target.split('?').next().unwrap_or("");
             row.url_path = self.interner.intern(path);
@@ -239,19 +291,19 @@ impl Decoder {
         dropped
     }
 
-    fn sym(&self, value: &Value) -> Sym {
+    fn sym(&self, value: Attr<'_>) -> Sym {
         match value {
-            Value::StringValue(s) => self.interner.intern(s),
-            Value::IntValue(i) => self.interner.intern(&i.to_string()),
-            Value::BoolValue(b) => self.interner.intern(if *b { "true" } else { "false" }),
-            Value::DoubleValue(d) => self.interner.intern(&d.to_string()),
-            _ => self.interner.empty(),
+            Attr::Str(s) => self.interner.intern(s),
+            Attr::Int(i) => self.interner.intern(&i.to_string()),
+            Attr::Bool(b) => self.interner.intern(if b { "true" } else { "false" }),
+            Attr::Double(d) => self.interner.intern(&d.to_string()),
+            Attr::Other => self.interner.empty(),
         }
     }
 
-    fn lower_sym(&self, value: &Value) -> Sym {
+    fn lower_sym(&self, value: Attr<'_>) -> Sym {
         match value {
-            Value::StringValue(s) if s.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Attr::Str(s) if s.bytes().any(|b| b.is_ascii_uppercase()) => {
                 self.interner.intern(&s.to_ascii_lowercase())
             }
             other => self.sym(other),
@@ -411,7 +463,7 @@ impl Decoder {
         let mut out: Vec<(Sym, Sym)> = Vec::with_capacity(attrs.len().min(MAX_POINT_ATTRIBUTES));
         let mut dropped = 0;
         for kv in attrs {
-            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+            let Some(value) = Attr::of(kv) else {
                 dropped += 1;
                 continue;
             };
@@ -544,24 +596,60 @@ fn any_str(v: &AnyValue) -> Option<&str> {
     }
 }
 
-fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::IntValue(i) => Some(*i),
-        Value::StringValue(s) => s.parse().ok(),
-        Value::DoubleValue(d) => Some(*d as i64),
-        _ => None,
-    }
+/// The fields of a span the model takes, borrowed from a decoded message or
+/// straight from the wire.
+struct SpanFields<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    name: &'a str,
+    kind: i32,
+    start_unix_nano: u64,
+    end_unix_nano: u64,
+    status_code: i32,
 }
 
-fn boolean(value: &Value) -> Option<bool> {
-    match value {
-        Value::BoolValue(b) => Some(*b),
-        Value::StringValue(s) => match s.to_ascii_lowercase().as_str() {
-            "true" | "hit" => Some(true),
-            "false" | "miss" => Some(false),
+/// An attribute value as the model reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    /// Arrays, maps and bytes: present but not read.
+    Other,
+}
+
+impl<'a> Attr<'a> {
+    fn of(kv: &'a KeyValue) -> Option<Self> {
+        Some(match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Self::Str(s),
+            Value::IntValue(i) => Self::Int(*i),
+            Value::BoolValue(b) => Self::Bool(*b),
+            Value::DoubleValue(d) => Self::Double(*d),
+            _ => Self::Other,
+        })
+    }
+
+    fn int(self) -> Option<i64> {
+        match self {
+            Self::Int(i) => Some(i),
+            Self::Str(s) => s.parse().ok(),
+            Self::Double(d) => Some(d as i64),
             _ => None,
-        },
-        _ => None,
+        }
+    }
+
+    fn boolean(self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(b),
+            Self::Str(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "hit" => Some(true),
+                "false" | "miss" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 

@@ -1,0 +1,456 @@
+//! A borrowing reader of `ExportTraceServiceRequest` protobuf. It walks the
+//! wire format once and hands the span builder the fields the model takes —
+//! ids, name, kind, times, status code and the attributes — as slices of
+//! the request's own bytes: no generated message, no per-attribute `String`
+//! or `AnyValue`. Fields the model does not read (events, links, scopes,
+//! trace state) are skipped by length; the strings it does read are checked
+//! to be UTF-8, and a known field with the wrong wire type, a truncated
+//! field or a bad varint fail the request, as the generated decoder would.
+
+use std::sync::Arc;
+
+use herdwatch_analyzer::model::{Batch, ResourceInfo};
+
+use super::{Attr, Decoder, SpanFields};
+
+/// Why bytes are not a trace export request, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} at byte {offset}")]
+pub struct WireError {
+    pub offset: usize,
+    pub what: &'static str,
+}
+
+/// One field's payload.
+#[derive(Debug, Clone, Copy)]
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32,
+    /// The bytes and the offset of their first byte in the request.
+    Len(&'a [u8], usize),
+}
+
+impl<'a> Field<'a> {
+    fn wrong(at: usize) -> WireError {
+        WireError {
+            offset: at,
+            what: "field has the wrong wire type",
+        }
+    }
+    fn len(self, at: usize) -> Result<(&'a [u8], usize), WireError> {
+        match self {
+            Self::Len(b, base) => Ok((b, base)),
+            _ => Err(Self::wrong(at)),
+        }
+    }
+    fn varint(self, at: usize) -> Result<u64, WireError> {
+        match self {
+            Self::Varint(v) => Ok(v),
+            _ => Err(Self::wrong(at)),
+        }
+    }
+    fn fixed64(self, at: usize) -> Result<u64, WireError> {
+        match self {
+            Self::Fixed64(v) => Ok(v),
+            _ => Err(Self::wrong(at)),
+        }
+    }
+    fn fixed32(self, at: usize) -> Result<(), WireError> {
+        match self {
+            Self::Fixed32 => Ok(()),
+            _ => Err(Self::wrong(at)),
+        }
+    }
+    fn string(self, at: usize) -> Result<&'a str, WireError> {
+        let (b, base) = self.len(at)?;
+        std::str::from_utf8(b).map_err(|_| WireError {
+            offset: base,
+            what: "string is not valid UTF-8",
+        })
+    }
+}
+
+/// Fields of one message, in order.
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf[0]` in the request, for error messages.
+    base: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        Self { buf, pos: 0, base }
+    }
+
+    fn err(&self, what: &'static str) -> WireError {
+        WireError {
+            offset: self.base + self.pos,
+            what,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(self.err("truncated varint"));
+            };
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                if shift == 63 && b > 1 {
+                    return Err(self.err("varint overflows 64 bits"));
+                }
+                return Ok(value);
+            }
+        }
+        Err(self.err("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() - self.pos < n {
+            return Err(self.err("truncated field"));
+        }
+        let b = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(b)
+    }
+
+    /// The next field: its number, payload and the offset of its key.
+    fn next_field(&mut self) -> Option<Result<(u64, Field<'a>, usize), WireError>> {
+        (self.pos < self.buf.len()).then(|| self.field())
+    }
+
+    fn field(&mut self) -> Result<(u64, Field<'a>, usize), WireError> {
+        let at = self.base + self.pos;
+        let key = self.varint()?;
+        let number = key >> 3;
+        if number == 0 || number > u64::from(u32::MAX >> 3) {
+            return Err(WireError {
+                offset: at,
+                what: "invalid field number",
+            });
+        }
+        let field = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8)?;
+                Field::Fixed64(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            }
+            2 => {
+                let n = self.varint()?;
+                let n = usize::try_from(n).map_err(|_| self.err("length too large"))?;
+                let base = self.base + self.pos;
+                Field::Len(self.take(n)?, base)
+            }
+            5 => {
+                self.take(4)?;
+                Field::Fixed32
+            }
+            _ => {
+                return Err(WireError {
+                    offset: at,
+                    what: "unsupported wire type",
+                });
+            }
+        };
+        Ok((number, field, at))
+    }
+}
+
+type Attrs<'a> = Vec<(&'a str, Option<Attr<'a>>)>;
+
+/// Decode a protobuf `ExportTraceServiceRequest` into a batch, with the same
+/// rows and rejections as [`Decoder::traces`] on the generated message.
+pub fn traces(decoder: &Decoder, bytes: &[u8]) -> Result<Batch, WireError> {
+    let mut batch = Batch::default();
+    let mut attrs: Attrs<'_> = Vec::with_capacity(16);
+    let mut scopes: Vec<(&[u8], usize)> = Vec::new();
+    let mut fields = Fields::new(bytes, 0);
+    let mut ri = 0;
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        if number == 1 {
+            let (b, base) = field.len(at)?;
+            resource_spans(decoder, &mut batch, b, base, ri, &mut attrs, &mut scopes)?;
+            ri += 1;
+        }
+    }
+    Ok(batch)
+}
+
+fn resource_spans<'a>(
+    d: &Decoder,
+    batch: &mut Batch,
+    buf: &'a [u8],
+    base: usize,
+    ri: usize,
+    attrs: &mut Attrs<'a>,
+    scopes: &mut Vec<(&'a [u8], usize)>,
+) -> Result<(), WireError> {
+    let mut resource = None;
+    scopes.clear();
+    let mut fields = Fields::new(buf, base);
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        match number {
+            1 => resource = Some(field.len(at)?),
+            2 => scopes.push(field.len(at)?),
+            3 => {
+                field.string(at)?;
+            }
+            _ => {}
+        }
+    }
+    attrs.clear();
+    if let Some((b, base)) = resource {
+        let mut fields = Fields::new(b, base);
+        while let Some(f) = fields.next_field() {
+            let (number, field, at) = f?;
+            match number {
+                1 => {
+                    let (b, base) = field.len(at)?;
+                    attrs.push(key_value(b, base)?);
+                }
+                2 => {
+                    field.varint(at)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    let info = d.resource_from(attrs.drain(..));
+    for (si, &(b, base)) in scopes.iter().enumerate() {
+        scope_spans(d, batch, &info, b, base, (ri, si), attrs)?;
+    }
+    Ok(())
+}
+
+fn scope_spans<'a>(
+    d: &Decoder,
+    batch: &mut Batch,
+    info: &Arc<ResourceInfo>,
+    buf: &'a [u8],
+    base: usize,
+    (ri, si): (usize, usize),
+    attrs: &mut Attrs<'a>,
+) -> Result<(), WireError> {
+    let mut fields = Fields::new(buf, base);
+    let mut pi = 0;
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        match number {
+            1 => {
+                field.len(at)?;
+            }
+            2 => {
+                let (b, base) = field.len(at)?;
+                span(d, batch, info, b, base, (ri, si, pi), attrs)?;
+                pi += 1;
+            }
+            3 => {
+                field.string(at)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn span<'a>(
+    d: &Decoder,
+    batch: &mut Batch,
+    info: &Arc<ResourceInfo>,
+    buf: &'a [u8],
+    base: usize,
+    loc: (usize, usize, usize),
+    attrs: &mut Attrs<'a>,
+) -> Result<(), WireError> {
+    attrs.clear();
+    let mut s = SpanFields {
+        trace_id: &[],
+        span_id: &[],
+        parent_span_id: &[],
+        name: "",
+        kind: 0,
+        start_unix_nano: 0,
+        end_unix_nano: 0,
+        status_code: 0,
+    };
+    let mut fields = Fields::new(buf, base);
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        match number {
+            1 => s.trace_id = field.len(at)?.0,
+            2 => s.span_id = field.len(at)?.0,
+            3 => {
+                field.string(at)?;
+            }
+            4 => s.parent_span_id = field.len(at)?.0,
+            5 => s.name = field.string(at)?,
+            6 => s.kind = field.varint(at)? as i32,
+            7 => s.start_unix_nano = field.fixed64(at)?,
+            8 => s.end_unix_nano = field.fixed64(at)?,
+            9 => {
+                let (b, base) = field.len(at)?;
+                attrs.push(key_value(b, base)?);
+            }
+            10 | 12 | 14 => {
+                field.varint(at)?;
+            }
+            11 | 13 => {
+                field.len(at)?;
+            }
+            15 => {
+                let (b, base) = field.len(at)?;
+                s.status_code = status_code(b, base)?;
+            }
+            16 => field.fixed32(at)?,
+            _ => {}
+        }
+    }
+    d.push_span(batch, info, loc, &s, attrs.drain(..));
+    Ok(())
+}
+
+fn status_code(buf: &[u8], base: usize) -> Result<i32, WireError> {
+    let mut code = 0;
+    let mut fields = Fields::new(buf, base);
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        match number {
+            2 => {
+                field.string(at)?;
+            }
+            3 => code = field.varint(at)? as i32,
+            _ => {}
+        }
+    }
+    Ok(code)
+}
+
+fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireError> {
+    let mut key = "";
+    let mut value = None;
+    let mut fields = Fields::new(buf, base);
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        match number {
+            1 => key = field.string(at)?,
+            2 => {
+                let (b, base) = field.len(at)?;
+                value = any_value(b, base)?;
+            }
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn any_value(buf: &[u8], base: usize) -> Result<Option<Attr<'_>>, WireError> {
+    let mut value = None;
+    let mut fields = Fields::new(buf, base);
+    while let Some(f) = fields.next_field() {
+        let (number, field, at) = f?;
+        value = match number {
+            1 => Some(Attr::Str(field.string(at)?)),
+            2 => Some(Attr::Bool(field.varint(at)? != 0)),
+            3 => Some(Attr::Int(field.varint(at)? as i64)),
+            4 => Some(Attr::Double(f64::from_bits(field.fixed64(at)?))),
+            5..=7 => {
+                field.len(at)?;
+                Some(Attr::Other)
+            }
+            _ => value,
+        };
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herdwatch_analyzer::model::Interner;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    fn both(bytes: &[u8]) -> (Result<Batch, WireError>, Result<Batch, prost::DecodeError>) {
+        let d = Decoder::new(Arc::new(Interner::default()));
+        let wire = traces(&d, bytes);
+        let generated = ExportTraceServiceRequest::decode(bytes).map(|r| d.traces(&r));
+        (wire, generated)
+    }
+
+    fn captures() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (scenario, opts) in [
+            (
+                herdwatch_samples::Scenario::ColdCache,
+                herdwatch_samples::EmitOptions::default(),
+            ),
+            (
+                herdwatch_samples::Scenario::CacheUnavailable,
+                herdwatch_samples::EmitOptions {
+                    semconv: herdwatch_samples::Semconv::Mixed,
+                    unsanitised: true,
+                    app_attributes: true,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let mut json = Vec::new();
+            herdwatch_samples::generate(scenario, 3, &opts, &mut json).unwrap();
+            for line in json
+                .split(|b| *b == b'\n')
+                .filter(|l| l.starts_with(b"{\"resourceSpans"))
+            {
+                let r: ExportTraceServiceRequest = serde_json::from_slice(line).unwrap();
+                out.push(r.encode_to_vec());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_wire_reader_gives_the_rows_the_generated_decoder_gives() {
+        let captures = captures();
+        assert!(captures.len() > 100);
+        for bytes in &captures {
+            let (wire, generated) = both(bytes);
+            assert_eq!(wire.unwrap(), generated.unwrap());
+        }
+    }
+
+    #[test]
+    fn every_truncation_fails_or_decodes_as_the_generated_decoder_does() {
+        let bytes = &captures()[0][..4096];
+        for n in 0..bytes.len() {
+            match both(&bytes[..n]) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "truncated at {n}"),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("truncated at {n}: wire {a:?} vs generated {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_named_with_their_offset() {
+        // Field 1 (resource_spans) as a varint: the wrong wire type.
+        let d = Decoder::new(Arc::new(Interner::default()));
+        let e = traces(&d, &[0x08, 0x01]).unwrap_err();
+        assert_eq!((e.offset, e.what), (0, "field has the wrong wire type"));
+        // A length running past the end.
+        let e = traces(&d, &[0x0a, 0x05, 0x00]).unwrap_err();
+        assert_eq!(e.what, "truncated field");
+        // A span name that is not UTF-8, inside resource_spans → scope_spans → spans.
+        let span = [0x2a, 0x02, 0xff, 0xfe];
+        let scope = [&[0x12, span.len() as u8][..], &span].concat();
+        let rs = [&[0x12, scope.len() as u8][..], &scope].concat();
+        let req = [&[0x0a, rs.len() as u8][..], &rs].concat();
+        let e = traces(&d, &req).unwrap_err();
+        assert_eq!((e.offset, e.what), (8, "string is not valid UTF-8"));
+        assert!(ExportTraceServiceRequest::decode(&req[..]).is_err());
+    }
+}
