@@ -11,7 +11,7 @@ use crate::incident::{
 };
 use crate::mitigate::{self, peak_concurrency};
 use crate::model::{Sym, hex};
-use crate::shape::{Facts, Outcome, RecomputeFact};
+use crate::shape::{self, Facts, Outcome, RecomputeFact};
 use crate::signals::ServiceSeries;
 use crate::slo::{BurnSeries, budget_consumed};
 use crate::stats::{mad, median};
@@ -271,16 +271,15 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
         // Facts of this service inside the incident window (with the lead
         // tolerance before the onset, where the first misses start).
         let lead_t = series.time_of(onset_b.saturating_sub(tol));
-        let in_window = |t: u64| t >= lead_t && t < to_t;
-        let recomputes: Vec<&RecomputeFact> = facts
-            .recomputes
+        // Facts are sorted by time (`Facts::sort_by_time`): windows are slices.
+        let recomputes: Vec<&RecomputeFact> =
+            shape::window(&facts.recomputes, |r| r.start, lead_t, to_t)
+                .iter()
+                .filter(|r| &r.service == service)
+                .collect();
+        let lookups: Vec<_> = shape::window(&facts.lookups, |l| l.t, lead_t, to_t)
             .iter()
-            .filter(|r| &r.service == service && in_window(r.start))
-            .collect();
-        let lookups: Vec<_> = facts
-            .lookups
-            .iter()
-            .filter(|l| &l.service == service && in_window(l.t))
+            .filter(|l| &l.service == service)
             .collect();
         let misses: Vec<_> = lookups
             .iter()
@@ -291,15 +290,13 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .iter()
             .filter(|l| l.outcome == Outcome::Failed)
             .count() as u64;
-        let requests: Vec<_> = facts
-            .requests
+        let requests: Vec<_> = shape::window(&facts.requests, |r| r.start, lead_t, to_t)
             .iter()
-            .filter(|r| &r.service == service && in_window(r.start))
+            .filter(|r| &r.service == service)
             .collect();
-        let db_ops: Vec<_> = facts
-            .db_ops
+        let db_ops: Vec<_> = shape::window(&facts.db_ops, |d| d.start, lead_t, to_t)
             .iter()
-            .filter(|d| &d.service == service && in_window(d.start))
+            .filter(|d| &d.service == service)
             .collect();
         let herds = key_herds(&recomputes);
         let distinct = herds.len() as u64;
@@ -311,10 +308,9 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
         // Previous fills of the missed keys: clustered in time?
         let missed_keys: HashSet<&Sym> = misses.iter().map(|l| &l.key).collect();
         let mut last_fill: HashMap<&Sym, u64> = HashMap::new();
-        for fill in facts
-            .fills
+        for fill in shape::window(&facts.fills, |x| x.t, 0, from_t)
             .iter()
-            .filter(|x| &x.service == service && x.t < from_t && missed_keys.contains(&x.key))
+            .filter(|x| &x.service == service && missed_keys.contains(&x.key))
         {
             let e = last_fill.entry(&fill.key).or_insert(fill.t);
             *e = (*e).max(fill.t);

@@ -118,7 +118,25 @@ pub struct Facts {
     pub max_time: u64,
 }
 
+/// The part of `v`, sorted by `key`, whose key lies in [from, to).
+pub fn window<T>(v: &[T], key: impl Fn(&T) -> u64, from: u64, to: u64) -> &[T] {
+    let a = v.partition_point(|x| key(x) < from);
+    let b = v.partition_point(|x| key(x) < to).max(a);
+    &v[a..b]
+}
+
 impl Facts {
+    /// Order the facts by time (ties by trace or key, so the order does not
+    /// depend on how traces were flushed): windows become slices.
+    pub fn sort_by_time(&mut self) {
+        self.requests.sort_by_key(|r| (r.start, r.trace_id));
+        self.lookups
+            .sort_by(|a, b| (a.t, &a.key).cmp(&(b.t, &b.key)));
+        self.recomputes.sort_by_key(|r| (r.start, r.trace_id));
+        self.db_ops.sort_by_key(|d| (d.start, d.end));
+        self.fills.sort_by(|a, b| (a.t, &a.key).cmp(&(b.t, &b.key)));
+    }
+
     pub fn services(&self) -> Vec<Sym> {
         let mut s: Vec<Sym> = self
             .requests
@@ -283,6 +301,7 @@ impl TraceAssembler {
             self.facts.min_time = 0;
         }
         self.facts.derive_markers();
+        self.facts.sort_by_time();
         self.facts
     }
 

@@ -101,10 +101,18 @@ async fn main() {
     let transport = args.get(4).cloned().unwrap_or_else(|| "grpc".into());
     let dir = std::env::temp_dir().join(format!("herdwatch-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // `live` as the fifth argument keeps the live analysis on (the default
+    // of `serve`); otherwise the server runs as a pure collector.
+    let live = args.get(5).is_some_and(|a| a == "live");
     let served = herdwatch_collector::testsuite::spawn_serve(
         std::path::Path::new(bin),
         &dir,
-        &["--hot-bytes", "16777216"],
+        &[
+            "--hot-bytes",
+            "16777216",
+            "--live-analysis",
+            if live { "true" } else { "false" },
+        ],
     );
     let (grpc, http, mut child) = (served.grpc, served.http, served.child);
     let pid = child.id();
@@ -182,7 +190,8 @@ async fn main() {
     let cpu = cpu_seconds(pid) - cpu0;
     let rss = hwm_kib(pid);
     println!(
-        "ingest {transport}: {sent} spans in {elapsed:.1} s = {:.0} spans/s; server CPU {:.2} µs/span ({:.0} % of a core); peak RSS {:.1} MiB",
+        "ingest {transport}{}: {sent} spans in {elapsed:.1} s = {:.0} spans/s; server CPU {:.2} µs/span ({:.0} % of a core); peak RSS {:.1} MiB",
+        if live { " (live analysis on)" } else { "" },
         sent as f64 / elapsed,
         cpu * 1e6 / sent.max(1) as f64,
         cpu / elapsed * 100.0,

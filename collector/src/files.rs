@@ -252,6 +252,12 @@ pub fn read_file(
                 if text.is_empty() {
                     continue;
                 }
+                // Trace lines take the borrowing reader; anything it leaves
+                // (other signals, odd forms, errors) the generated types.
+                if let Some(batch) = crate::decode::json::traces(decoder, text) {
+                    deliver(&mut stats, batch);
+                    continue;
+                }
                 let mut de = serde_json::Deserializer::from_str(text);
                 match serde_path_to_error::deserialize::<_, AnyExport>(&mut de) {
                     Ok(doc) => deliver(&mut stats, doc.decode(decoder)),

@@ -8,6 +8,7 @@
 //! reads the fields the analysis uses straight from the bytes, borrowing
 //! strings, and feeds the same span builder.
 
+pub mod json;
 pub mod wire;
 
 use std::sync::Arc;
