@@ -512,10 +512,11 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .unwrap_or_default();
         // Baselines for the replay.
         let mut base_rc: HashMap<Sym, Vec<f64>> = HashMap::new();
-        for r in facts
-            .recomputes
+        // Baselines from the window before the incident, not the whole past.
+        let base_from = lead_t.saturating_sub((config.baseline_seconds * 1e9) as u64);
+        for r in shape::window(&facts.recomputes, |r| r.start, base_from, lead_t)
             .iter()
-            .filter(|r| &r.service == service && r.start < lead_t)
+            .filter(|r| &r.service == service)
         {
             base_rc
                 .entry(r.group.clone())
@@ -526,19 +527,23 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
             .into_iter()
             .map(|(g, v)| (g, median(&v) as u64))
             .collect();
-        let base_req: Vec<f64> = facts
-            .requests
+        let base_req: Vec<f64> = shape::window(&facts.requests, |r| r.start, base_from, lead_t)
             .iter()
-            .filter(|r| &r.service == service && r.start < lead_t && !r.missed)
+            .filter(|r| &r.service == service && !r.missed)
             .map(|r| (r.end - r.start) as f64)
             .collect();
+        // The keys a warm-up would replay: those of the hour before.
         let known_keys_before = marker.map(|m| {
-            facts
-                .lookups
-                .iter()
-                .filter(|l| &l.service == service && l.t < m.t)
-                .map(|l| l.key.clone())
-                .collect()
+            shape::window(
+                &facts.lookups,
+                |l| l.t,
+                m.t.saturating_sub(3_600_000_000_000),
+                m.t,
+            )
+            .iter()
+            .filter(|l| &l.service == service)
+            .map(|l| l.key.clone())
+            .collect()
         });
         let hot_keys: Vec<Sym> = herds
             .iter()

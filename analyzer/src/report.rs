@@ -115,7 +115,8 @@ pub struct Signals {
 impl Signals {
     /// The second half of [`Session::finish`]: detection, causes,
     /// mitigations and summaries.
-    pub fn report(self) -> Report {
+    /// (Borrowing: a caller about to exit may skip freeing the facts.)
+    pub fn report(&self) -> Report {
         let Signals {
             analyzer,
             facts,
@@ -123,14 +124,15 @@ impl Signals {
             metric_points,
             log_markers,
         } = self;
+        let (metric_points, log_markers) = (*metric_points, *log_markers);
         let config = &analyzer.config;
         let mut incidents = Vec::new();
         let mut notes = Vec::new();
         let mut services = Vec::new();
-        for s in &series {
+        for s in series {
             incidents.extend(detect::detect(&ServiceInput {
                 series: s,
-                facts: &facts,
+                facts,
                 config,
             }));
             services.push(summary(s));
@@ -144,7 +146,7 @@ impl Signals {
             let capture = s.buckets.len() as f64 * config.bucket_seconds;
             notes.extend(crate::slo::scaling_note(capture, config.bucket_seconds));
         }
-        for s in &series {
+        for s in series {
             for g in s.coverage.gaps() {
                 notes.push(format!("{}: {g}", s.service));
             }

@@ -273,6 +273,9 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let t = Instant::now();
     let mut report = signals.report();
     let detection = t.elapsed();
+    // Millions of facts are about to go with the process: freeing them one
+    // by one would only cost time.
+    std::mem::forget(signals);
     if args.timings {
         eprintln!(
             "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s",
