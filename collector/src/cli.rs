@@ -92,6 +92,14 @@ pub struct AnalyzeArgs {
     pub timings: bool,
 }
 
+/// The process's peak resident set so far (Linux), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 /// Decoded batches waiting for the assembly thread.
 const ANALYZE_QUEUE: usize = 64;
 
@@ -250,6 +258,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
         )
     });
     let all_read = started.elapsed();
+    let rss_read = peak_rss_mib();
     for (path, stats) in read? {
         if stats.bad > 0 {
             warnings.push(format!(
@@ -270,6 +279,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let t = Instant::now();
     let signals = session.signals()?;
     let frames = t.elapsed();
+    let rss_frames = peak_rss_mib();
     let t = Instant::now();
     let mut report = signals.report();
     let detection = t.elapsed();
@@ -278,12 +288,14 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     std::mem::forget(signals);
     if args.timings {
         eprintln!(
-            "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s",
+            "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s; peak RSS {} MiB after reading, {} MiB after frames",
             all_read.as_secs_f64(),
             assembly.as_secs_f64(),
             frames.as_secs_f64(),
             detection.as_secs_f64(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            rss_read.map_or("?".into(), |m| m.to_string()),
+            rss_frames.map_or("?".into(), |m| m.to_string()),
         );
     }
     report.notes.extend(warnings.iter().cloned());
