@@ -38,11 +38,15 @@ fn formats_and_exit_codes() {
         text.contains("hot-key-expiry in catalog") && text.contains("mitigations:"),
         "{text}"
     );
-    let (code, json, _) = analyze(&[s, "--format", "json", "--fail-on", "ticket"]);
-    assert_eq!(code, 1, "a page incident is at or above ticket");
+    let (code, json, _) = analyze(&[s, "--format", "json", "--fail-on", "info"]);
+    assert_eq!(code, 1, "an incident at or above info");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["incidents"][0]["kind"], "hot-key-expiry");
+    // A six-second spike burns the short windows only: below a page.
+    assert_eq!(v["incidents"][0]["severity"], "info");
+    let (code, _, _) = analyze(&[s, "--fail-on", "page"]);
+    assert_eq!(code, 0, "nothing at or above page");
     let out = std::env::temp_dir().join(format!("hw-cli-{}.html", std::process::id()));
     let (code, _, _) = analyze(&[s, "--format", "html", "-o", out.to_str().unwrap()]);
     assert_eq!(code, 0);

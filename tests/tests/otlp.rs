@@ -162,16 +162,20 @@ async fn sdk_exporters_deliver_every_field_over_grpc_and_http() {
         );
         assert!(sql.end_unix_nano >= sql.start_unix_nano && sql.start_unix_nano > 0);
     }
-    let stats: serde_json::Value =
-        reqwest::get(format!("http://{}/api/v1/stats", app.dashboard_addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let stats = stats(app.dashboard_addr).await;
     assert_eq!(stats["services"]["via-grpc"]["spans"], 3);
     assert_eq!(stats["totals"]["spans"], 9);
     app.shutdown().await;
+}
+
+/// What the collector says it holds (`GET /api/v1/stats`).
+async fn stats(dashboard: std::net::SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{dashboard}/api/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn client() -> reqwest::Client {
@@ -654,13 +658,7 @@ async fn the_generators_real_time_mode_delivers_over_grpc_and_http() {
         .await
         .expect("the generator delivers");
         assert!(sent > 50_000, "{name}: {sent} spans");
-        let stats: serde_json::Value =
-            reqwest::get(format!("http://{}/api/v1/stats", app.dashboard_addr))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let stats = stats(app.dashboard_addr).await;
         assert_eq!(stats["services"]["catalog"]["spans"], sent, "{name}");
         app.shutdown().await;
     }
