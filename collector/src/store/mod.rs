@@ -985,11 +985,23 @@ mod tests {
         for i in 0..200u8 {
             put(&store, &decoder, &[i]).await;
         }
-        let on_disk: u64 = wal::list_segments(&dir)
-            .unwrap()
-            .iter()
-            .map(|s| std::fs::metadata(segment_path(&dir, *s)).unwrap().len())
-            .sum();
+        // The writer may still be rotating or deleting after the last
+        // acknowledgement: compare once the disk and the stats agree on a
+        // quiet moment, within a bound.
+        let disk = || -> u64 {
+            wal::list_segments(&dir)
+                .unwrap()
+                .iter()
+                .filter_map(|s| std::fs::metadata(segment_path(&dir, *s)).ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut on_disk = disk();
+        while store.stats().store_bytes != on_disk && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            on_disk = disk();
+        }
         assert!(
             on_disk <= 4 * 4096 + 512,
             "bounded: {on_disk} bytes on disk"
