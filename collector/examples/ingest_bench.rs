@@ -114,6 +114,7 @@ async fn main() {
             if live { "true" } else { "false" },
         ],
     );
+    let dashboard = served.dashboard.clone();
     let (grpc, http, mut child) = (served.grpc, served.http, served.child);
     let pid = child.id();
     // Pre-encode payloads so the load generator is cheap.
@@ -197,6 +198,45 @@ async fn main() {
         cpu / elapsed * 100.0,
         rss as f64 / 1024.0
     );
+    if live {
+        // The live passes while ingesting, from the server's own histogram.
+        let text = reqwest::get(format!("http://{dashboard}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| -> Vec<(String, f64)> {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect()
+        };
+        let sum = value("herdwatch_analysis_duration_seconds_sum");
+        let count = value("herdwatch_analysis_duration_seconds_count");
+        let buckets = value("herdwatch_analysis_duration_seconds_bucket");
+        if let (Some((_, sum)), Some((_, n))) = (sum.first(), count.first()) {
+            // The smallest bucket bound holding 99 % of the passes.
+            let p99 = buckets
+                .iter()
+                .find(|(k, c)| *c >= 0.99 * n && !k.contains("+Inf"))
+                .and_then(|(k, _)| {
+                    k.split("le=\"")
+                        .nth(1)?
+                        .split('"')
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "+Inf".into());
+            println!(
+                "live analysis while ingesting: {n:.0} passes, mean {:.0} ms, 99 % within {p99} s",
+                sum / n.max(1.0) * 1e3
+            );
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
