@@ -143,22 +143,22 @@ pub fn peak_overlap(intervals: impl IntoIterator<Item = (u64, u64)>) -> u64 {
     peak as u64
 }
 
-/// What the per-second series say about one service, given the reference
-/// second and (for the incident service) whether to look for an end.
+/// Fill `t`'s before/peak figures from the per-second series, given the
+/// reference second; for the incident service (`find_end`) also find the
+/// end, which bounds the peak.
 fn summarise(
-    name: &str,
+    t: &mut ServiceTruth,
     s: &Seconds,
     reference_s: u64,
     duration_s: u64,
     find_end: bool,
-) -> (ServiceTruthParts, Option<u64>) {
+) -> Option<u64> {
     let before_from = reference_s.saturating_sub(BEFORE_S);
-    let p95_before = s.p95(before_from, reference_s);
-    let miss_before = s.miss_rate(before_from, reference_s);
+    t.p95_before_ms = s.p95(before_from, reference_s);
+    t.miss_rate_before = s.miss_rate(before_from, reference_s);
     let elevated = |sec: u64| {
-        let p = s.p95(sec, sec + 1);
-        let m = s.miss_rate(sec, sec + 1);
-        p > 2.0 * p95_before || m > 2.0 * miss_before + 0.02
+        s.p95(sec, sec + 1) > 2.0 * t.p95_before_ms
+            || s.miss_rate(sec, sec + 1) > 2.0 * t.miss_rate_before + 0.02
     };
     let end = find_end.then(|| {
         let (mut last, mut calm) = (reference_s, 0);
@@ -176,32 +176,13 @@ fn summarise(
         last + 1
     });
     let to = end.unwrap_or(duration_s);
-    let p95_peak = (reference_s..to)
+    t.p95_peak_ms = (reference_s..to)
         .map(|sec| s.p95(sec, sec + 1))
         .fold(0.0, f64::max);
-    let miss_peak = (reference_s..to)
+    t.miss_rate_peak = (reference_s..to)
         .map(|sec| s.miss_rate(sec, sec + 1))
         .fold(0.0, f64::max);
-    (
-        ServiceTruthParts {
-            name: name.to_string(),
-            miss_rate_before: miss_before,
-            miss_rate_peak: miss_peak,
-            p95_before_ms: p95_before,
-            p95_peak_ms: p95_peak,
-        },
-        end,
-    )
-}
-
-/// The part of a service's truth that comes from its per-second series.
-#[derive(Debug, Clone, PartialEq)]
-struct ServiceTruthParts {
-    name: String,
-    miss_rate_before: f64,
-    miss_rate_peak: f64,
-    p95_before_ms: f64,
-    p95_peak_ms: f64,
+    end
 }
 
 /// Measure the truth of a simulated run.
@@ -219,28 +200,17 @@ pub fn measure(
     let mut end_s = None;
     for (i, spec) in settings.services.iter().enumerate() {
         let mut sec = Seconds::new(duration_s);
-        let (mut requests, mut lookups, mut misses) = (0u64, 0u64, 0u64);
         for r in run
             .requests
             .iter()
             .filter(|r| r.service == i && !r.path.is_empty())
         {
             let b = ((r.start / S) as usize).min(duration_s as usize);
-            requests += 1;
             sec.durations_ms[b].push((r.end - r.start) as f64 / 1e6);
             if r.route == "/product/{id}" {
-                lookups += 1;
                 sec.lookups[b] += 1;
-                if r.missed {
-                    misses += 1;
-                    sec.misses[b] += 1;
-                }
+                sec.misses[b] += u64::from(r.missed);
             }
-        }
-        let is_incident = expected.service == Some(spec.name);
-        let (parts, end) = summarise(spec.name, &sec, reference_s, duration_s, is_incident);
-        if is_incident {
-            end_s = end.map(|e| e as f64);
         }
         let queries = run
             .requests
@@ -251,18 +221,24 @@ pub fn measure(
                 Op::Query { start, end, .. } => Some((*start, *end)),
                 _ => None,
             });
-        services.push(ServiceTruth {
-            name: parts.name,
-            requests,
-            lookups,
-            misses,
-            miss_rate_before: parts.miss_rate_before,
-            miss_rate_peak: parts.miss_rate_peak,
-            p95_before_ms: parts.p95_before_ms,
-            p95_peak_ms: parts.p95_peak_ms,
+        let mut t = ServiceTruth {
+            name: spec.name.to_string(),
+            requests: sec.durations_ms.iter().map(|d| d.len() as u64).sum(),
+            lookups: sec.lookups.iter().sum(),
+            misses: sec.misses.iter().sum(),
+            miss_rate_before: 0.0,
+            miss_rate_peak: 0.0,
+            p95_before_ms: 0.0,
+            p95_peak_ms: 0.0,
             peak_pool_used: peak_overlap(queries),
             pool_max: spec.pool as u64,
-        });
+        };
+        let is_incident = expected.service == Some(spec.name);
+        let end = summarise(&mut t, &sec, reference_s, duration_s, is_incident);
+        if is_incident {
+            end_s = end.map(|e| e as f64);
+        }
+        services.push(t);
     }
     let incident_service = expected
         .service
