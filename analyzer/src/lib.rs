@@ -6,6 +6,7 @@ pub mod classify;
 pub mod config;
 pub mod detect;
 pub mod incident;
+pub mod live;
 pub mod metrics;
 pub mod mitigate;
 pub mod model;

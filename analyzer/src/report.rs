@@ -113,63 +113,78 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Every service's bucket series.
+    pub fn series(&self) -> &[ServiceSeries] {
+        &self.series
+    }
+
     /// The second half of [`Session::finish`]: detection, causes,
     /// mitigations and summaries.
     /// (Borrowing: a caller about to exit may skip freeing the facts.)
     pub fn report(&self) -> Report {
-        let Signals {
-            analyzer,
+        report_of(
+            &self.analyzer,
+            &self.facts,
+            &self.series,
+            self.metric_points,
+            self.log_markers,
+        )
+    }
+}
+
+/// Detection, causes, mitigations and summaries over built series and the
+/// time-sorted facts they came from.
+pub fn report_of(
+    analyzer: &Analyzer,
+    facts: &crate::shape::Facts,
+    series: &[ServiceSeries],
+    metric_points: u64,
+    log_markers: u64,
+) -> Report {
+    let config = &analyzer.config;
+    let mut incidents = Vec::new();
+    let mut notes = Vec::new();
+    let mut services = Vec::new();
+    for s in series {
+        incidents.extend(detect::detect(&ServiceInput {
+            series: s,
             facts,
-            series,
+            config,
+        }));
+        services.push(summary(s));
+    }
+    incidents.sort_by(|a, b| {
+        a.onset_unix_nano
+            .cmp(&b.onset_unix_nano)
+            .then(a.service.cmp(&b.service))
+    });
+    if let Some(s) = series.first() {
+        let capture = s.buckets.len() as f64 * config.bucket_seconds;
+        notes.extend(crate::slo::scaling_note(capture, config.bucket_seconds));
+    }
+    for s in series {
+        for g in s.coverage.gaps() {
+            notes.push(format!("{}: {g}", s.service));
+        }
+    }
+    let (start, end) = series
+        .first()
+        .map(|s| (s.t0, s.time_of(s.buckets.len())))
+        .unwrap_or((0, 0));
+    Report {
+        schema_version: SCHEMA_VERSION,
+        incidents,
+        services,
+        notes,
+        input: InputSummary {
+            spans: facts.spans,
+            traces: facts.traces,
             metric_points,
             log_markers,
-        } = self;
-        let (metric_points, log_markers) = (*metric_points, *log_markers);
-        let config = &analyzer.config;
-        let mut incidents = Vec::new();
-        let mut notes = Vec::new();
-        let mut services = Vec::new();
-        for s in series {
-            incidents.extend(detect::detect(&ServiceInput {
-                series: s,
-                facts,
-                config,
-            }));
-            services.push(summary(s));
-        }
-        incidents.sort_by(|a, b| {
-            a.onset_unix_nano
-                .cmp(&b.onset_unix_nano)
-                .then(a.service.cmp(&b.service))
-        });
-        if let Some(s) = series.first() {
-            let capture = s.buckets.len() as f64 * config.bucket_seconds;
-            notes.extend(crate::slo::scaling_note(capture, config.bucket_seconds));
-        }
-        for s in series {
-            for g in s.coverage.gaps() {
-                notes.push(format!("{}: {g}", s.service));
-            }
-        }
-        let (start, end) = series
-            .first()
-            .map(|s| (s.t0, s.time_of(s.buckets.len())))
-            .unwrap_or((0, 0));
-        Report {
-            schema_version: SCHEMA_VERSION,
-            incidents,
-            services,
-            notes,
-            input: InputSummary {
-                spans: facts.spans,
-                traces: facts.traces,
-                metric_points,
-                log_markers,
-                start_unix_nano: start,
-                end_unix_nano: end,
-                bucket_seconds: config.bucket_seconds,
-            },
-        }
+            start_unix_nano: start,
+            end_unix_nano: end,
+            bucket_seconds: config.bucket_seconds,
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 //! of the spans, so a capture of any size reduces to bounded memory as
 //! traces complete.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -125,30 +126,95 @@ pub fn window<T>(v: &[T], key: impl Fn(&T) -> u64, from: u64, to: u64) -> &[T] {
     &v[a..b]
 }
 
+// The time order of each kind of fact (ties by trace or key, so the order
+// does not depend on how traces were flushed).
+fn request_order(a: &RequestFact, b: &RequestFact) -> Ordering {
+    (a.start, a.trace_id).cmp(&(b.start, b.trace_id))
+}
+fn lookup_order(a: &LookupFact, b: &LookupFact) -> Ordering {
+    (a.t, &a.key).cmp(&(b.t, &b.key))
+}
+fn recompute_order(a: &RecomputeFact, b: &RecomputeFact) -> Ordering {
+    (a.start, a.trace_id).cmp(&(b.start, b.trace_id))
+}
+fn db_order(a: &DbOpFact, b: &DbOpFact) -> Ordering {
+    (a.start, a.end).cmp(&(b.start, b.end))
+}
+fn fill_order(a: &FillFact, b: &FillFact) -> Ordering {
+    (a.t, &a.key).cmp(&(b.t, &b.key))
+}
+
+/// Merge `new` into sorted `v`: only the part of `v` from where `new`
+/// starts is re-sorted, so merging recent facts costs what they add.
+fn merge_sorted<T>(v: &mut Vec<T>, mut new: Vec<T>, order: fn(&T, &T) -> Ordering) {
+    if new.is_empty() {
+        return;
+    }
+    new.sort_by(order);
+    let from = v.partition_point(|x| order(x, &new[0]) != Ordering::Greater);
+    v.extend(new);
+    v[from..].sort_by(order);
+}
+
+/// Drop the front of sorted `v` whose time is before `t`, when that is at
+/// least an eighth of it (so the move is amortised).
+fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64) {
+    let n = v.partition_point(|x| time(x) < t);
+    if n > 0 && n >= v.len() / 8 {
+        v.drain(..n);
+    }
+}
+
 impl Facts {
-    /// Order the facts by time (ties by trace or key, so the order does not
-    /// depend on how traces were flushed): windows become slices.
+    /// Order the facts by time: windows become slices.
     pub fn sort_by_time(&mut self) {
-        self.requests.sort_by_key(|r| (r.start, r.trace_id));
-        self.lookups
-            .sort_by(|a, b| (a.t, &a.key).cmp(&(b.t, &b.key)));
-        self.recomputes.sort_by_key(|r| (r.start, r.trace_id));
-        self.db_ops.sort_by_key(|d| (d.start, d.end));
-        self.fills.sort_by(|a, b| (a.t, &a.key).cmp(&(b.t, &b.key)));
+        self.requests.sort_by(request_order);
+        self.lookups.sort_by(lookup_order);
+        self.recomputes.sort_by(recompute_order);
+        self.db_ops.sort_by(db_order);
+        self.fills.sort_by(fill_order);
     }
 
-    pub fn services(&self) -> Vec<Sym> {
-        let mut s: Vec<Sym> = self
-            .requests
-            .iter()
-            .map(|r| r.service.clone())
-            .chain(self.lookups.iter().map(|l| l.service.clone()))
-            .chain(self.db_ops.iter().map(|d| d.service.clone()))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        s.sort();
-        s
+    /// Add `new` (facts taken from an assembler) to these time-sorted facts,
+    /// keeping them sorted.
+    pub fn merge(&mut self, new: Facts) {
+        merge_sorted(&mut self.requests, new.requests, request_order);
+        merge_sorted(&mut self.lookups, new.lookups, lookup_order);
+        merge_sorted(&mut self.recomputes, new.recomputes, recompute_order);
+        merge_sorted(&mut self.db_ops, new.db_ops, db_order);
+        merge_sorted(&mut self.fills, new.fills, fill_order);
+        for (k, (first, last)) in new.versions {
+            let e = self.versions.entry(k).or_insert((first, last));
+            e.0 = e.0.min(first);
+            e.1 = e.1.max(last);
+        }
+        for (k, t) in new.cache_nodes {
+            let e = self.cache_nodes.entry(k).or_insert(t);
+            *e = (*e).min(t);
+        }
+        self.spans += new.spans;
+        self.traces += new.traces;
+        self.attribute_lookups += new.attribute_lookups;
+        if new.spans > 0 {
+            self.min_time = if self.spans == new.spans {
+                new.min_time
+            } else {
+                self.min_time.min(new.min_time)
+            };
+            self.max_time = self.max_time.max(new.max_time);
+        }
+    }
+
+    /// Forget facts (and versions last seen) before `t`. The removal is
+    /// amortised: a kind of fact is trimmed once enough of it is old.
+    pub fn evict_before(&mut self, t: u64) {
+        evict_sorted(&mut self.requests, |r| r.start, t);
+        evict_sorted(&mut self.lookups, |l| l.t, t);
+        evict_sorted(&mut self.recomputes, |r| r.start, t);
+        evict_sorted(&mut self.db_ops, |d| d.start, t);
+        evict_sorted(&mut self.fills, |f| f.t, t);
+        self.versions.retain(|_, (_, last)| *last >= t);
+        self.min_time = self.min_time.max(t);
     }
 
     /// Turn deploys seen as new `service.version` / `service.instance.id`
@@ -215,18 +281,24 @@ impl Facts {
 struct Pending {
     spans: Vec<SpanRow>,
     last_end: u64,
+    /// A span without a parent (the trace's root) has arrived.
+    rooted: bool,
 }
 
 /// Assembles spans into traces and reduces each complete trace to facts.
 ///
 /// A trace is complete once no span of it has ended within `grace` of the
 /// newest span seen (the watermark); [`TraceAssembler::finish`] flushes the rest.
+/// A live assembler ([`TraceAssembler::live`]) also completes a trace whose
+/// root has arrived once the watermark is `quiet` past its last span, so
+/// facts follow the data within seconds.
 pub struct TraceAssembler {
     config: Arc<AnalysisConfig>,
     pending: HashMap<[u8; 16], Pending>,
     facts: Facts,
     watermark: u64,
     grace: u64,
+    quiet: Option<u64>,
     since_sweep: usize,
     interner: crate::model::Interner,
 }
@@ -242,9 +314,56 @@ impl TraceAssembler {
             },
             watermark: 0,
             grace: 60_000_000_000,
+            quiet: None,
             since_sweep: 0,
             interner: crate::model::Interner::with_capacity(1 << 20),
         }
+    }
+
+    /// An assembler for live analysis: rooted traces complete `quiet`
+    /// nanoseconds after their last span, the others after `grace`.
+    pub fn live(config: Arc<AnalysisConfig>, quiet: u64, grace: u64) -> Self {
+        Self {
+            quiet: Some(quiet),
+            grace,
+            ..Self::new(config)
+        }
+    }
+
+    /// Newest span end seen.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Traces still waiting for spans.
+    pub fn pending_traces(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reduce the traces that are complete now.
+    pub fn sweep_complete(&mut self) {
+        self.sweep();
+    }
+
+    /// Reduce every pending trace, complete or not.
+    pub fn flush(&mut self) {
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for p in pending {
+            self.reduce(p.spans);
+        }
+    }
+
+    /// The facts reduced since the last call (unsorted; without derived
+    /// markers), with the span and trace counts and versions seen; pending
+    /// traces stay.
+    pub fn take_facts(&mut self) -> Facts {
+        std::mem::replace(
+            &mut self.facts,
+            Facts {
+                min_time: u64::MAX,
+                ..Facts::default()
+            },
+        )
     }
 
     pub fn push(&mut self, span: SpanRow) {
@@ -267,8 +386,10 @@ impl TraceAssembler {
             .or_insert_with(|| Pending {
                 spans: Vec::new(),
                 last_end: 0,
+                rooted: false,
             });
         p.last_end = p.last_end.max(end);
+        p.rooted |= span.is_root();
         p.spans.push(span);
         self.since_sweep += 1;
         if self.since_sweep >= 65_536 {
@@ -279,10 +400,14 @@ impl TraceAssembler {
     fn sweep(&mut self) {
         self.since_sweep = 0;
         let horizon = self.watermark.saturating_sub(self.grace);
+        let rooted_horizon = self
+            .quiet
+            .map(|q| self.watermark.saturating_sub(q))
+            .unwrap_or(0);
         let done: Vec<[u8; 16]> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.last_end < horizon)
+            .filter(|(_, p)| p.last_end < horizon || (p.rooted && p.last_end < rooted_horizon))
             .map(|(k, _)| *k)
             .collect();
         for id in done {
@@ -293,10 +418,7 @@ impl TraceAssembler {
     }
 
     pub fn finish(mut self) -> Facts {
-        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
-        for p in pending {
-            self.reduce(p.spans);
-        }
+        self.flush();
         if self.facts.min_time == u64::MAX {
             self.facts.min_time = 0;
         }

@@ -7,14 +7,14 @@
 //! operations in flight, and the herd: recomputes of one key in flight) is a
 //! sweep over start/end events: a cumulative sum of ±1 over time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use polars::prelude::*;
 
 use crate::config::{AnalysisConfig, SloConfig};
 use crate::metrics::{MetricBuckets, bucket_metrics};
 use crate::model::{MetricPoint, Sym};
-use crate::shape::{Facts, Outcome};
+use crate::shape::{self, DbOpFact, Facts, LookupFact, Outcome, RecomputeFact, RequestFact};
 use crate::stats;
 
 pub const SERVICE: &str = "service";
@@ -298,6 +298,89 @@ fn events<'a>(
     (s, k, t, d)
 }
 
+/// The facts a span series is computed from: slices of time-sorted facts
+/// (whole, or the part of a window).
+#[derive(Debug, Clone, Copy)]
+pub struct FactSlices<'a> {
+    pub requests: &'a [RequestFact],
+    pub lookups: &'a [LookupFact],
+    pub recomputes: &'a [RecomputeFact],
+    pub db_ops: &'a [DbOpFact],
+}
+
+impl<'a> FactSlices<'a> {
+    pub fn of(f: &'a Facts) -> Self {
+        Self {
+            requests: &f.requests,
+            lookups: &f.lookups,
+            recomputes: &f.recomputes,
+            db_ops: &f.db_ops,
+        }
+    }
+
+    /// The facts of sorted `f` that start in [from, to).
+    pub fn between(f: &'a Facts, from: u64, to: u64) -> Self {
+        Self {
+            requests: shape::window(&f.requests, |r| r.start, from, to),
+            lookups: shape::window(&f.lookups, |l| l.t, from, to),
+            recomputes: shape::window(&f.recomputes, |r| r.start, from, to),
+            db_ops: shape::window(&f.db_ops, |d| d.start, from, to),
+        }
+    }
+
+    fn services(&self) -> Vec<Sym> {
+        let mut s: Vec<Sym> = self
+            .requests
+            .iter()
+            .map(|r| r.service.clone())
+            .chain(self.lookups.iter().map(|l| l.service.clone()))
+            .chain(self.db_ops.iter().map(|d| d.service.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        s.sort();
+        s
+    }
+}
+
+/// Each service's SLO, looked up once.
+struct Slos<'a> {
+    slos: &'a [SloConfig],
+    cache: HashMap<Sym, SloConfig>,
+}
+
+impl<'a> Slos<'a> {
+    fn new(slos: &'a [SloConfig]) -> Self {
+        Self {
+            slos,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, service: &Sym) -> SloConfig {
+        let slos = self.slos;
+        self.cache
+            .entry(service.clone())
+            .or_insert_with(|| {
+                SloConfig::for_service(slos, service)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+fn empty_series(service: &Sym, t0: u64, width: u64, n: usize, slo: SloConfig) -> ServiceSeries {
+    ServiceSeries {
+        service: service.clone(),
+        t0,
+        bucket_nanos: width,
+        buckets: vec![Bucket::default(); n],
+        coverage: Coverage::default(),
+        slo,
+    }
+}
+
 /// Build every service's bucket series.
 pub fn build(
     facts: &Facts,
@@ -321,18 +404,21 @@ pub fn build(
     }
     let t0 = lo / width * width;
     let n = ((hi - t0) / width + 1) as usize;
-    let threshold_of = |service: &str| {
-        SloConfig::for_service(slos, service)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let mut slo_cache: HashMap<Sym, SloConfig> = HashMap::new();
-    let mut slo_for = |s: &Sym| {
-        slo_cache
-            .entry(s.clone())
-            .or_insert_with(|| threshold_of(s))
-            .clone()
-    };
+    let out = span_series(FactSlices::of(facts), t0, n, config, slos)?;
+    Ok(with_metrics(out, points, t0, n, config, slos))
+}
+
+/// The span-derived series of every service with facts in `facts`, over
+/// `n` buckets from `t0` (facts outside are ignored), with their coverage.
+pub fn span_series(
+    facts: FactSlices<'_>,
+    t0: u64,
+    n: usize,
+    config: &AnalysisConfig,
+    slos: &[SloConfig],
+) -> Result<HashMap<Sym, ServiceSeries>, SignalError> {
+    let width = config.bucket_nanos();
+    let mut slos = Slos::new(slos);
 
     // Frames.
     let lookups = DataFrame::new_infer_height(vec![
@@ -359,8 +445,8 @@ pub fn build(
         ),
     ])?;
     let mut bad = Vec::with_capacity(facts.requests.len());
-    for r in &facts.requests {
-        let slo = slo_for(&r.service);
+    for r in facts.requests {
+        let slo = slos.get(&r.service);
         let ms = (r.end - r.start) as f64 / 1e6;
         bad.push((r.error || ms > slo.threshold_ms) as i32);
     }
@@ -496,7 +582,6 @@ pub fn build(
     // Dense per-service vectors.
     let mut out: HashMap<Sym, ServiceSeries> = HashMap::new();
     let services: Vec<Sym> = facts.services();
-    let metric_buckets = bucket_metrics(points, t0, width, n);
     let intern: HashMap<&str, Sym> = services.iter().map(|s| (&**s, s.clone())).collect();
     let svc_col = df.column(SERVICE)?.str()?;
     let bucket_col = df.column(BUCKET)?.cast(&DataType::Int64)?;
@@ -530,15 +615,9 @@ pub fn build(
         }
         let b = b as usize;
         let service = intern.get(svc).cloned().unwrap_or_else(|| Sym::from(svc));
-        let slo = slo_for(&service);
-        let series = out.entry(service.clone()).or_insert_with(|| ServiceSeries {
-            service: service.clone(),
-            t0,
-            bucket_nanos: width,
-            buckets: vec![Bucket::default(); n],
-            coverage: Coverage::default(),
-            slo,
-        });
+        let series = out
+            .entry(service.clone())
+            .or_insert_with(|| empty_series(&service, t0, width, n, slos.get(&service)));
         let (last_b, rc_last, db_last) = carry.get(&service).copied().unwrap_or((0, 0.0, 0.0));
         for gap in (last_b + 1)..b {
             let g = &mut series.buckets[gap];
@@ -569,35 +648,44 @@ pub fn build(
         carry.insert(service, (b, rc_now, db_now));
     }
     for svc in &services {
-        out.entry(svc.clone()).or_insert_with(|| ServiceSeries {
-            service: svc.clone(),
-            t0,
-            bucket_nanos: width,
-            buckets: vec![Bucket::default(); n],
-            coverage: Coverage::default(),
-            slo: slo_for(svc),
-        });
+        out.entry(svc.clone())
+            .or_insert_with(|| empty_series(svc, t0, width, n, slos.get(svc)));
     }
     // Coverage from facts.
-    for l in &facts.lookups {
+    for l in facts.lookups {
         if let Some(s) = out.get_mut(&l.service) {
             s.coverage.cache_spans = true;
             s.coverage.keys |= !l.group_only;
         }
     }
-    for r in &facts.requests {
+    for r in facts.requests {
         if let Some(s) = out.get_mut(&r.service) {
             s.coverage.request_spans = true;
         }
     }
-    for d in &facts.db_ops {
+    for d in facts.db_ops {
         if let Some(s) = out.get_mut(&d.service) {
             s.coverage.db_spans = true;
         }
     }
-    // Metrics: services that only sent metrics get series too; metrics of a
-    // resource without traffic of its own (a Redis or PostgreSQL receiver)
-    // are shared by every service that has requests.
+    Ok(out)
+}
+
+/// Merge the metric points (over the same `n` buckets from `t0`) into the
+/// span series: services that only sent metrics get series too; metrics of
+/// a resource without traffic of its own (a Redis or PostgreSQL receiver)
+/// are shared by every service that has requests.
+pub fn with_metrics(
+    mut out: HashMap<Sym, ServiceSeries>,
+    points: &[MetricPoint],
+    t0: u64,
+    n: usize,
+    config: &AnalysisConfig,
+    slos: &[SloConfig],
+) -> Vec<ServiceSeries> {
+    let width = config.bucket_nanos();
+    let mut slos = Slos::new(slos);
+    let metric_buckets = bucket_metrics(points, t0, width, n);
     let traffic: Vec<Sym> = out.keys().cloned().collect();
     for (svc, mb) in metric_buckets {
         let own = out.contains_key(&svc) || traffic.is_empty() || mb.has_latency;
@@ -607,21 +695,16 @@ pub fn build(
             traffic.clone()
         };
         for target in targets {
-            let slo = slo_for(&target);
-            let series = out.entry(target.clone()).or_insert_with(|| ServiceSeries {
-                service: target.clone(),
-                t0,
-                bucket_nanos: width,
-                buckets: vec![Bucket::default(); n],
-                coverage: Coverage::default(),
-                slo: slo.clone(),
-            });
+            let slo = slos.get(&target);
+            let series = out
+                .entry(target.clone())
+                .or_insert_with(|| empty_series(&target, t0, width, n, slo.clone()));
             merge_metrics(series, &mb, &slo);
         }
     }
     let mut v: Vec<ServiceSeries> = out.into_values().collect();
     v.sort_by(|a, b| a.service.cmp(&b.service));
-    Ok(v)
+    v
 }
 
 fn merge_metrics(series: &mut ServiceSeries, mb: &MetricBuckets, slo: &SloConfig) {

@@ -1,0 +1,361 @@
+//! Incremental analysis for `serve`. Batches arrive as they are stored;
+//! each tick reduces the traces that completed since the last one, merges
+//! their facts into a window of time-sorted facts, rebuilds only the
+//! buckets those facts touch (with enough history before them for the
+//! operations still in flight), and runs detection over the window's
+//! series. A tick costs what arrived since the previous one plus detection,
+//! not a re-read of the window.
+//!
+//! The buckets a tick rebuilds are computed by the same plan as a batch
+//! analysis ([`signals::span_series`]) over the facts that can reach them,
+//! so a bucket is the same whichever way it was computed (tested).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::detect;
+use crate::incident::Report;
+use crate::model::{Batch, LogMarker, MetricPoint, Sym};
+use crate::report::{Analyzer, report_of};
+use crate::shape::{Facts, TraceAssembler};
+use crate::signals::{self, Bucket, Coverage, FactSlices, ServiceSeries, SignalError};
+
+/// How the live window and trace completion behave.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// How much recent data the series and detection cover.
+    pub window_nanos: u64,
+    /// A trace whose root has arrived is complete this long (in data time)
+    /// after its last span.
+    pub quiet_nanos: u64,
+    /// A trace without a root is complete this long after its last span.
+    pub grace_nanos: u64,
+    /// Ticks without new spans after which every pending trace is reduced.
+    pub idle_ticks_to_flush: u32,
+    /// The longest operation assumed in flight across a rebuilt range.
+    pub max_lookback_nanos: u64,
+}
+
+impl LiveSettings {
+    pub fn new(window_nanos: u64) -> Self {
+        Self {
+            window_nanos,
+            quiet_nanos: 2_000_000_000,
+            grace_nanos: 30_000_000_000,
+            idle_ticks_to_flush: 3,
+            max_lookback_nanos: 60_000_000_000,
+        }
+    }
+}
+
+/// A service's span-derived buckets by absolute bucket number
+/// (time / bucket width).
+#[derive(Debug, Default)]
+struct SpanBuckets {
+    first: u64,
+    buckets: VecDeque<Bucket>,
+    coverage: Coverage,
+}
+
+impl SpanBuckets {
+    fn set(&mut self, abs: u64, bucket: Bucket) {
+        if self.buckets.is_empty() {
+            self.first = abs;
+        }
+        while abs < self.first {
+            self.buckets.push_front(Bucket::default());
+            self.first -= 1;
+        }
+        let i = (abs - self.first) as usize;
+        if i >= self.buckets.len() {
+            self.buckets.resize(i + 1, Bucket::default());
+        }
+        self.buckets[i] = bucket;
+    }
+
+    fn get(&self, abs: u64) -> Option<&Bucket> {
+        abs.checked_sub(self.first)
+            .and_then(|i| self.buckets.get(i as usize))
+    }
+
+    fn evict_before(&mut self, abs: u64) {
+        while abs > self.first && !self.buckets.is_empty() {
+            self.buckets.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
+/// What one tick did, for self-telemetry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickStats {
+    /// Buckets rebuilt from facts.
+    pub rebuilt_buckets: u64,
+    /// Traces reduced to facts.
+    pub traces: u64,
+    /// Traces still waiting for spans.
+    pub pending_traces: u64,
+}
+
+/// The incremental analysis state.
+pub struct LiveAnalysis {
+    analyzer: Analyzer,
+    settings: LiveSettings,
+    assembler: TraceAssembler,
+    facts: Facts,
+    points: Vec<MetricPoint>,
+    log_markers: Vec<LogMarker>,
+    spans: HashMap<Sym, SpanBuckets>,
+    /// Longest recompute or database operation seen (capped).
+    longest: u64,
+    pushed_spans: u64,
+    idle_ticks: u32,
+    metric_points: u64,
+    log_marker_count: u64,
+    /// The series the last tick detected over.
+    series: Vec<ServiceSeries>,
+}
+
+impl LiveAnalysis {
+    pub fn new(analyzer: Analyzer, settings: LiveSettings) -> Self {
+        let assembler = TraceAssembler::live(
+            analyzer.config.clone(),
+            settings.quiet_nanos,
+            settings.grace_nanos,
+        );
+        Self {
+            analyzer,
+            settings,
+            assembler,
+            facts: Facts {
+                min_time: u64::MAX,
+                ..Facts::default()
+            },
+            points: Vec::new(),
+            log_markers: Vec::new(),
+            spans: HashMap::new(),
+            longest: 0,
+            pushed_spans: 0,
+            idle_ticks: 0,
+            metric_points: 0,
+            log_marker_count: 0,
+            series: Vec::new(),
+        }
+    }
+
+    /// Take in rows that were just stored.
+    pub fn push(&mut self, batch: Batch) {
+        self.pushed_spans += batch.spans.len() as u64;
+        for s in batch.spans {
+            self.assembler.push(s);
+        }
+        self.metric_points += batch.points.len() as u64;
+        self.log_marker_count += batch.markers.len() as u64;
+        self.points.extend(batch.points);
+        self.log_markers.extend(batch.markers);
+    }
+
+    /// Newest time seen in the data.
+    pub fn latest(&self) -> u64 {
+        let p = self.points.iter().map(|p| p.time_unix_nano).max();
+        self.assembler
+            .watermark()
+            .max(self.facts.max_time)
+            .max(p.unwrap_or(0))
+    }
+
+    /// Reduce what completed, rebuild the buckets it touched and detect over
+    /// the window.
+    pub fn tick(&mut self) -> Result<(Report, TickStats), SignalError> {
+        if self.pushed_spans == 0 {
+            self.idle_ticks = self.idle_ticks.saturating_add(1);
+        } else {
+            self.idle_ticks = 0;
+        }
+        self.pushed_spans = 0;
+        if self.idle_ticks >= self.settings.idle_ticks_to_flush {
+            self.assembler.flush();
+        } else {
+            self.assembler.sweep_complete();
+        }
+        let new = self.assembler.take_facts();
+        let mut stats = TickStats {
+            traces: new.traces,
+            pending_traces: self.assembler.pending_traces() as u64,
+            ..TickStats::default()
+        };
+        let touched = touched_range(&new);
+        for (s, e) in new
+            .recomputes
+            .iter()
+            .map(|r| (r.start, r.end))
+            .chain(new.db_ops.iter().map(|d| (d.start, d.end)))
+        {
+            self.longest = self
+                .longest
+                .max(e.saturating_sub(s).min(self.settings.max_lookback_nanos));
+        }
+        self.facts.merge(new);
+
+        let width = self.analyzer.config.bucket_nanos();
+        let latest = self.latest();
+        let earliest = self
+            .points
+            .iter()
+            .map(|p| p.time_unix_nano)
+            .fold(self.facts.min_time, u64::min);
+        let horizon = (latest
+            .saturating_sub(self.settings.window_nanos)
+            .max(earliest))
+        .min(latest)
+            / width
+            * width;
+        self.facts.evict_before(horizon);
+        if self
+            .points
+            .first()
+            .is_some_and(|p| p.time_unix_nano < horizon)
+            || self.points.len() > 1 << 16
+        {
+            self.points.retain(|p| p.time_unix_nano >= horizon);
+        }
+        self.log_markers.retain(|m| m.time_unix_nano >= horizon);
+        for b in self.spans.values_mut() {
+            b.evict_before(horizon / width);
+        }
+
+        if let Some((from, to)) = touched {
+            stats.rebuilt_buckets = self.rebuild(from.max(horizon), to)?;
+        }
+
+        // The window's series: cached span buckets, then metrics over them.
+        let hi = latest.max(horizon);
+        let t0 = horizon;
+        let n = ((hi - t0) / width + 1) as usize;
+        let first_abs = t0 / width;
+        let mut series: HashMap<Sym, ServiceSeries> = HashMap::new();
+        for (service, b) in &self.spans {
+            let buckets = (0..n as u64)
+                .map(|i| b.get(first_abs + i).cloned().unwrap_or_default())
+                .collect();
+            let slo = crate::config::SloConfig::for_service(&self.analyzer.slos, service)
+                .cloned()
+                .unwrap_or_default();
+            series.insert(
+                service.clone(),
+                ServiceSeries {
+                    service: service.clone(),
+                    t0,
+                    bucket_nanos: width,
+                    buckets,
+                    coverage: b.coverage.clone(),
+                    slo,
+                },
+            );
+        }
+        let series = signals::with_metrics(
+            series,
+            &self.points,
+            t0,
+            n,
+            &self.analyzer.config,
+            &self.analyzer.slos,
+        );
+        self.facts.markers.clear();
+        self.facts.derive_markers();
+        self.facts
+            .markers
+            .extend(detect::log_markers(&self.log_markers));
+        let report = report_of(
+            &self.analyzer,
+            &self.facts,
+            &series,
+            self.metric_points,
+            self.log_marker_count,
+        );
+        self.series = series;
+        Ok((report, stats))
+    }
+
+    /// The series the last tick detected over.
+    pub fn series(&self) -> &[ServiceSeries] {
+        &self.series
+    }
+
+    /// Recompute the span buckets from `from` to `to` (data time) from every
+    /// fact that can reach them; returns how many buckets were rebuilt.
+    fn rebuild(&mut self, from: u64, to: u64) -> Result<u64, SignalError> {
+        let width = self.analyzer.config.bucket_nanos();
+        let (b_from, b_to) = (from / width, to / width);
+        if b_to < b_from {
+            return Ok(0);
+        }
+        // Operations that started up to `longest` before the first bucket
+        // can still be in flight inside it.
+        let sub_first = (b_from * width).saturating_sub(self.longest) / width;
+        let sub_t0 = sub_first * width;
+        let n = (b_to + 1 - sub_first) as usize;
+        let view = FactSlices::between(&self.facts, sub_t0, (b_to + 1) * width);
+        let mut out =
+            signals::span_series(view, sub_t0, n, &self.analyzer.config, &self.analyzer.slos)?;
+        for (service, cached) in self.spans.iter_mut() {
+            if let Some(s) = out.remove(service) {
+                cached.coverage = merge_coverage(&cached.coverage, &s.coverage);
+                for (i, bucket) in s.buckets.into_iter().enumerate() {
+                    let abs = sub_first + i as u64;
+                    if abs >= b_from {
+                        cached.set(abs, bucket);
+                    }
+                }
+            } else {
+                for abs in b_from..=b_to {
+                    if cached.get(abs).is_some() {
+                        cached.set(abs, Bucket::default());
+                    }
+                }
+            }
+        }
+        for (service, s) in out {
+            let mut cached = SpanBuckets {
+                coverage: s.coverage.clone(),
+                ..SpanBuckets::default()
+            };
+            for (i, bucket) in s.buckets.into_iter().enumerate() {
+                let abs = sub_first + i as u64;
+                if abs >= b_from {
+                    cached.set(abs, bucket);
+                }
+            }
+            self.spans.insert(service, cached);
+        }
+        Ok(b_to + 1 - b_from)
+    }
+}
+
+/// Coverage is sticky: what a service was once seen sending, it keeps.
+fn merge_coverage(a: &Coverage, b: &Coverage) -> Coverage {
+    Coverage {
+        request_spans: a.request_spans || b.request_spans,
+        cache_spans: a.cache_spans || b.cache_spans,
+        db_spans: a.db_spans || b.db_spans,
+        pool_metrics: a.pool_metrics || b.pool_metrics,
+        cache_metrics: a.cache_metrics || b.cache_metrics,
+        latency_metrics: a.latency_metrics || b.latency_metrics,
+        keys: a.keys || b.keys,
+    }
+}
+
+/// The time range whose buckets new facts change: from the earliest start
+/// to the latest end.
+fn touched_range(f: &Facts) -> Option<(u64, u64)> {
+    let starts = f
+        .requests
+        .iter()
+        .map(|r| (r.start, r.end))
+        .chain(f.lookups.iter().map(|l| (l.t, l.t)))
+        .chain(f.recomputes.iter().map(|r| (r.start, r.end)))
+        .chain(f.db_ops.iter().map(|d| (d.start, d.end)));
+    starts.fold(None, |acc, (s, e)| match acc {
+        None => Some((s, e.max(s))),
+        Some((a, b)) => Some((a.min(s), b.max(e))),
+    })
+}

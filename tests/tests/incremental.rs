@@ -1,0 +1,233 @@
+//! The live analysis is incremental: each tick rebuilds only the buckets
+//! that new facts touch. Fed a committed capture second by second, as a
+//! collector would receive it, it must end with the same series and the
+//! same incidents as the batch analysis of the whole file, and find the
+//! stampede while it is still going on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herdwatch_analyzer::Analyzer;
+use herdwatch_analyzer::live::{LiveAnalysis, LiveSettings};
+use herdwatch_analyzer::model::{Batch, Interner};
+use herdwatch_analyzer::signals::ServiceSeries;
+use herdwatch_collector::decode::Decoder;
+use herdwatch_collector::files::read_file;
+use herdwatch_samples::{EPOCH_UNIX_SECONDS, Scenario, Truth};
+
+fn committed(scenario: Scenario) -> (Vec<Batch>, Truth) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/data");
+    let (export, truth) = herdwatch_samples::committed_names(scenario);
+    let decoder = Decoder::new(Arc::new(Interner::default()));
+    let mut batches = Vec::new();
+    read_file(&dir.join(export), &decoder, true, &mut |b| batches.push(b)).expect("read");
+    let truth = std::fs::read_to_string(dir.join(truth)).expect("truth");
+    (batches, serde_json::from_str(&truth).expect("truth json"))
+}
+
+/// The capture's rows in arrival order: each span when it ends, each point
+/// and log record at its time, in one-second chunks.
+fn arrivals(batches: &[Batch]) -> Vec<Batch> {
+    let mut spans: Vec<_> = batches.iter().flat_map(|b| b.spans.clone()).collect();
+    let mut points: Vec<_> = batches.iter().flat_map(|b| b.points.clone()).collect();
+    let mut markers: Vec<_> = batches.iter().flat_map(|b| b.markers.clone()).collect();
+    spans.sort_by_key(|s| s.end_unix_nano);
+    points.sort_by_key(|p| p.time_unix_nano);
+    markers.sort_by_key(|m| m.time_unix_nano);
+    let second = |t: u64| t / 1_000_000_000;
+    let last = spans
+        .last()
+        .map(|s| second(s.end_unix_nano))
+        .max(points.last().map(|p| second(p.time_unix_nano)))
+        .unwrap_or(0);
+    let first = spans
+        .first()
+        .map(|s| second(s.end_unix_nano))
+        .min(points.first().map(|p| second(p.time_unix_nano)))
+        .unwrap_or(0);
+    let (mut si, mut pi, mut mi) = (0, 0, 0);
+    (first..=last)
+        .map(|sec| {
+            let mut b = Batch::default();
+            while si < spans.len() && second(spans[si].end_unix_nano) <= sec {
+                b.spans.push(spans[si].clone());
+                si += 1;
+            }
+            while pi < points.len() && second(points[pi].time_unix_nano) <= sec {
+                b.points.push(points[pi].clone());
+                pi += 1;
+            }
+            while mi < markers.len() && second(markers[mi].time_unix_nano) <= sec {
+                b.markers.push(markers[mi].clone());
+                mi += 1;
+            }
+            b
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn assert_same_series(name: &str, batch: &[ServiceSeries], live: &[ServiceSeries]) {
+    let names = |v: &[ServiceSeries]| v.iter().map(|s| s.service.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(batch), names(live), "{name}: services");
+    let mut wrong = Vec::new();
+    for (b, l) in batch.iter().zip(live) {
+        assert_eq!(b.t0, l.t0, "{name} {}: t0", b.service);
+        assert_eq!(b.buckets.len(), l.buckets.len(), "{name} {}: n", b.service);
+        assert_eq!(b.coverage, l.coverage, "{name} {}: coverage", b.service);
+        for (i, (x, y)) in b.buckets.iter().zip(&l.buckets).enumerate() {
+            let pairs = [
+                ("lookups", x.lookups, y.lookups),
+                ("misses", x.misses, y.misses),
+                ("failed", x.failed, y.failed),
+                ("recomputes", x.recomputes, y.recomputes),
+                (
+                    "recompute_inflight",
+                    x.recompute_inflight,
+                    y.recompute_inflight,
+                ),
+                ("herd", x.herd, y.herd),
+                ("db_ops", x.db_ops, y.db_ops),
+                ("db_inflight", x.db_inflight, y.db_inflight),
+                ("db_p95_ms", x.db_p95_ms, y.db_p95_ms),
+                ("db_ms", x.db_ms, y.db_ms),
+                ("recompute_db_ms", x.recompute_db_ms, y.recompute_db_ms),
+                ("requests", x.requests, y.requests),
+                ("p50_ms", x.p50_ms, y.p50_ms),
+                ("p95_ms", x.p95_ms, y.p95_ms),
+                ("p99_ms", x.p99_ms, y.p99_ms),
+                ("bad", x.bad, y.bad),
+                ("errors", x.errors, y.errors),
+            ];
+            for (field, a, c) in pairs {
+                if !close(a, c) {
+                    wrong.push(format!(
+                        "{} bucket {i}: {field} batch {a} live {c}",
+                        b.service
+                    ));
+                }
+            }
+            assert_eq!(x.pool_used, y.pool_used, "{name} bucket {i}: pool_used");
+            assert_eq!(x.pool_max, y.pool_max, "{name} bucket {i}: pool_max");
+            assert_eq!(x.pending, y.pending, "{name} bucket {i}: pending");
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{name}: {} bucket values differ, first: {:#?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(12)]
+    );
+}
+
+/// Feed `scenario` second by second and compare with the batch analysis.
+fn replay(scenario: Scenario) {
+    let (batches, truth) = committed(scenario);
+    let name = scenario.name();
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let mut session = analyzer.session();
+    for b in batches.clone() {
+        session.push(b);
+    }
+    let signals = session.signals().expect("batch signals");
+    let batch_report = signals.report();
+
+    // A window longer than the capture, so the end state covers it all.
+    let mut live = LiveAnalysis::new(analyzer.clone(), LiveSettings::new(u64::MAX / 4));
+    let mut first_seen = None;
+    let mut rebuilt = 0;
+    let chunks = arrivals(&batches);
+    for chunk in chunks.iter().cloned() {
+        live.push(chunk);
+        let (report, stats) = live.tick().expect("tick");
+        rebuilt += stats.rebuilt_buckets;
+        if first_seen.is_none() && !report.incidents.is_empty() {
+            first_seen = Some((live.latest(), report.incidents[0].clone()));
+        }
+    }
+    let mut last = None;
+    for _ in 0..LiveSettings::new(0).idle_ticks_to_flush {
+        last = Some(live.tick().expect("idle tick").0);
+    }
+    let live_report = last.expect("ticked");
+    assert_same_series(name, signals.series(), live.series());
+
+    // Same incidents, field for field.
+    let strip = |r: &herdwatch_analyzer::incident::Report| {
+        let mut v = serde_json::to_value(&r.incidents).expect("json");
+        for i in v.as_array_mut().expect("array") {
+            // The live registry re-assigns ids; everything else must agree.
+            i.as_object_mut().expect("object").remove("id");
+        }
+        v
+    };
+    assert_eq!(
+        strip(&batch_report),
+        strip(&live_report),
+        "{name}: live and batch incidents differ"
+    );
+    assert_eq!(batch_report.input.spans, live_report.input.spans);
+
+    // Incremental: most ticks rebuild a few buckets, not the capture.
+    let n = signals
+        .series()
+        .first()
+        .map(|s| s.buckets.len())
+        .unwrap_or(0) as u64;
+    assert!(
+        rebuilt < n * chunks.len() as u64 / 4,
+        "{name}: rebuilt {rebuilt} buckets over {} ticks of a {n}-bucket capture",
+        chunks.len()
+    );
+
+    match truth.kind.as_deref() {
+        None => assert!(first_seen.is_none(), "{name}: live found {first_seen:?}"),
+        Some(kind) => {
+            let (at, incident) = first_seen.expect("live analysis found the incident");
+            // The kind may be refined as evidence accrues (a hot key's first
+            // seconds look like any expiry); the final one is the batch's.
+            assert_eq!(
+                incident.service,
+                truth.service.clone().expect("service"),
+                "{name}"
+            );
+            assert!(
+                live_report
+                    .incidents
+                    .iter()
+                    .any(|i| i.kind.as_str() == kind),
+                "{name}: no {kind} incident at the end"
+            );
+            let onset = ((EPOCH_UNIX_SECONDS as f64 + truth.onset_s.expect("onset")) * 1e9) as u64;
+            // Found while the data was at most 10 s past the onset.
+            assert!(
+                at <= onset + 10_000_000_000,
+                "{name}: found at {at}, {} s after the onset",
+                (at - onset) as f64 / 1e9
+            );
+        }
+    }
+}
+
+#[test]
+fn synchronized_expiry_live_equals_batch() {
+    replay(Scenario::SynchronizedExpiry);
+}
+
+#[test]
+fn hot_key_live_equals_batch() {
+    replay(Scenario::HotKeyExpiry);
+}
+
+#[test]
+fn multi_service_live_equals_batch() {
+    replay(Scenario::MultiService);
+}
+
+#[test]
+fn baseline_live_finds_nothing() {
+    replay(Scenario::Baseline);
+}
