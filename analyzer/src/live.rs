@@ -33,16 +33,20 @@ pub struct LiveSettings {
     pub idle_ticks_to_flush: u32,
     /// The longest operation assumed in flight across a rebuilt range.
     pub max_lookback_nanos: u64,
+    /// How far behind the newest data the analysed series may end while
+    /// traces that started there are pending.
+    pub max_edge_lag_nanos: u64,
 }
 
 impl LiveSettings {
     pub fn new(window_nanos: u64) -> Self {
         Self {
             window_nanos,
-            quiet_nanos: 2_000_000_000,
+            quiet_nanos: 1_000_000_000,
             grace_nanos: 30_000_000_000,
             idle_ticks_to_flush: 3,
             max_lookback_nanos: 60_000_000_000,
+            max_edge_lag_nanos: 3_000_000_000,
         }
     }
 }
@@ -227,8 +231,16 @@ impl LiveAnalysis {
             stats.rebuilt_buckets = self.rebuild(from.max(horizon), to)?;
         }
 
-        // The window's series: cached span buckets, then metrics over them.
-        let hi = latest.max(horizon);
+        // The window's series: cached span buckets, then metrics over them,
+        // up to where facts are complete (a pending trace's facts would
+        // still land in the buckets from its start: metrics alone there
+        // would show the saturation before the misses that led it).
+        // One slow trace holds the edge back at most `max_edge_lag_nanos`.
+        let complete_to = self.assembler.pending_from().map_or(latest, |t| {
+            t.saturating_sub(1)
+                .max(latest.saturating_sub(self.settings.max_edge_lag_nanos))
+        });
+        let hi = latest.min(complete_to).max(horizon);
         let t0 = horizon;
         let n = ((hi - t0) / width + 1) as usize;
         let first_abs = t0 / width;

@@ -281,6 +281,7 @@ impl Facts {
 struct Pending {
     spans: Vec<SpanRow>,
     last_end: u64,
+    first_start: u64,
     /// A span without a parent (the trace's root) has arrived.
     rooted: bool,
 }
@@ -340,6 +341,12 @@ impl TraceAssembler {
         self.pending.len()
     }
 
+    /// The earliest span start of the traces still pending: facts before it
+    /// are complete.
+    pub fn pending_from(&self) -> Option<u64> {
+        self.pending.values().map(|p| p.first_start).min()
+    }
+
     /// Reduce the traces that are complete now.
     pub fn sweep_complete(&mut self) {
         self.sweep();
@@ -386,9 +393,11 @@ impl TraceAssembler {
             .or_insert_with(|| Pending {
                 spans: Vec::new(),
                 last_end: 0,
+                first_start: u64::MAX,
                 rooted: false,
             });
         p.last_end = p.last_end.max(end);
+        p.first_start = p.first_start.min(span.start_unix_nano);
         p.rooted |= span.is_root();
         p.spans.push(span);
         self.since_sweep += 1;

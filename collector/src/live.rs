@@ -1,8 +1,9 @@
-//! Live analysis: every tick, analyse the store's recent window off the
-//! runtime, merge what is found into the incident registry (an incident
-//! keeps its id while it lasts; it ends when detection says it has been
-//! calm long enough), and persist the registry so open incidents survive a
-//! restart.
+//! Live analysis: every tick, off the runtime, take the rows stored since
+//! the last tick from the store's memory, feed them to the incremental
+//! analysis (which rebuilds only the buckets they touch), merge what is
+//! found into the incident registry (an incident keeps its id while it
+//! lasts; it ends when detection says it has been calm long enough), and
+//! persist the registry so open incidents survive a restart.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,15 +13,19 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use herdwatch_analyzer::Analyzer;
 use herdwatch_analyzer::incident::{Incident, ServiceSummary};
+use herdwatch_analyzer::live::{LiveAnalysis, LiveSettings};
 use herdwatch_dashboard::{DashboardConfig, Source};
 use tokio::sync::watch;
 
 use crate::alerts::Notifier;
 use crate::config::Config;
-use crate::store::{Query, Store};
+use crate::store::{Store, TailCursor};
 use crate::telemetry::Metrics;
 
 const REGISTRY_FILE: &str = "incidents.json";
+/// Spans a pass takes from the store at most (a backlog, such as what was
+/// recovered at start, is worked off over several passes).
+const TAIL_SPANS_PER_PASS: usize = 400_000;
 /// Incidents kept in the registry at most (oldest resolved ones go first).
 const MAX_INCIDENTS: usize = 10_000;
 
@@ -186,44 +191,68 @@ impl Live {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_seen = None;
+        let settings = LiveSettings::new(window.as_nanos() as u64);
+        let fresh = || {
+            (
+                LiveAnalysis::new(analyzer.clone(), settings.clone()),
+                TailCursor::default(),
+            )
+        };
+        let mut state = Some(fresh());
+        // Whether the last pass left work for the next one (traces pending,
+        // facts just reduced): without new rows and without it, a pass would
+        // find what the last one found.
+        let mut unsettled = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
-            let stats = store.stats();
-            let Some(latest) = stats.totals.last_unix_nano else {
-                continue;
-            };
-            let changed =
-                last_seen != Some((latest, stats.totals.spans, stats.totals.metric_points));
-            last_seen = Some((latest, stats.totals.spans, stats.totals.metric_points));
-            if !changed {
-                continue;
-            }
             let started = Instant::now();
-            let q = Query {
-                service: None,
-                from_unix_nano: latest.saturating_sub(window.as_nanos() as u64),
-                to_unix_nano: u64::MAX,
-            };
-            let (store2, analyzer2) = (store.clone(), analyzer.clone());
+            let (mut live, mut cursor) = state.take().unwrap_or_else(fresh);
+            let (store2, restart) = (store.clone(), fresh());
             let result = tokio::task::spawn_blocking(move || {
-                analyzer2.analyze(store2.spans(&q), store2.points(&q), store2.markers(&q))
+                let batch = match store2.tail(&mut cursor, TAIL_SPANS_PER_PASS) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Start over from what memory holds: the window
+                        // is rebuilt from it on this pass.
+                        tracing::warn!(error = %e, "live analysis starts over");
+                        (live, cursor) = restart;
+                        store2
+                            .tail(&mut cursor, TAIL_SPANS_PER_PASS)
+                            .unwrap_or_default()
+                    }
+                };
+                let new_rows = !batch.is_empty();
+                live.push(batch);
+                let out = (new_rows || unsettled).then(|| live.tick());
+                (live, cursor, out)
             })
             .await;
-            let report = match result {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "live analysis failed");
-                    continue;
+            let (report, stats) = match result {
+                Ok((live, cursor, out)) => {
+                    let latest = live.latest();
+                    state = Some((live, cursor));
+                    match out {
+                        None => continue,
+                        Some(Ok(r)) => {
+                            self.inner.now.store(latest, Ordering::Relaxed);
+                            r
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "live analysis failed");
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "live analysis task failed");
+                    tracing::error!(error = %e, "live analysis task failed; starting over");
                     continue;
                 }
             };
+            unsettled = stats.pending_traces > 0 || stats.traces > 0;
+            metrics.analysis_rebuilt_buckets.add(stats.rebuilt_buckets);
             metrics.analysis_ticks.add(1);
             let took = started.elapsed();
             metrics.analysis_duration.observe(took);
@@ -240,7 +269,6 @@ impl Live {
                     _ = shutdown.wait_for(|s| *s) => break,
                 }
             }
-            self.inner.now.store(latest, Ordering::Relaxed);
             *self
                 .inner
                 .services

@@ -125,6 +125,7 @@ pub struct Metrics {
     pub segments_deleted: Counter,
     pub interned_overflow: Gauge,
     pub analysis_ticks: Counter,
+    pub analysis_rebuilt_buckets: Counter,
     pub analysis_duration: Histogram,
     pub open_incidents: Gauge,
 }
@@ -279,6 +280,13 @@ impl Metrics {
             "counter",
             "Live analysis passes run.",
             self.analysis_ticks.get(),
+        );
+        simple(
+            &mut out,
+            "herdwatch_analysis_rebuilt_buckets_total",
+            "counter",
+            "Service buckets the live analysis rebuilt from new facts.",
+            self.analysis_rebuilt_buckets.get(),
         );
         simple(
             &mut out,

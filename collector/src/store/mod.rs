@@ -170,6 +170,27 @@ struct ServiceHot {
     points: VecDeque<MetricPoint>,
     markers: VecDeque<LogMarker>,
     bytes: usize,
+    /// Spans and points evicted from the front so far: the row at index
+    /// `i` is the service's `evicted + i`-th.
+    evicted_spans: u64,
+    evicted_points: u64,
+}
+
+/// Where a reader of newly stored rows is ([`Store::tail`]): per service,
+/// how many spans, points and markers it has taken.
+#[derive(Debug, Clone, Default)]
+pub struct TailCursor {
+    started: bool,
+    taken: HashMap<Arc<str>, [u64; 3]>,
+}
+
+/// Rows a tail reader had not taken were evicted from memory first.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the live reader fell behind: rows of service {service:?} it had not read were evicted from memory"
+)]
+pub struct FellBehind {
+    pub service: String,
 }
 
 #[derive(Debug, Default)]
@@ -317,6 +338,47 @@ impl Store {
             ),
         });
         out
+    }
+
+    /// Rows stored since `cursor` (at most about `limit` spans), moving the
+    /// cursor past them; a new cursor starts at the oldest row in memory.
+    /// Rows are in the order they were stored.
+    pub fn tail(&self, cursor: &mut TailCursor, limit: usize) -> Result<Batch, FellBehind> {
+        let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Batch::default();
+        let mut names: Vec<&Arc<str>> = h.services.keys().collect();
+        names.sort();
+        for name in names {
+            let svc = &h.services[name];
+            let taken = match cursor.taken.get(name) {
+                Some(t) => *t,
+                None if cursor.started => [0; 3],
+                None => [svc.evicted_spans, svc.evicted_points, 0],
+            };
+            if taken[0] < svc.evicted_spans || taken[1] < svc.evicted_points {
+                return Err(FellBehind {
+                    service: name.to_string(),
+                });
+            }
+            let room = limit.saturating_sub(out.spans.len());
+            let from = (taken[0] - svc.evicted_spans) as usize;
+            let to = svc.spans.len().min(from + room);
+            out.spans.extend(svc.spans.range(from..to).cloned());
+            let from_p = (taken[1] - svc.evicted_points) as usize;
+            out.points.extend(svc.points.range(from_p..).cloned());
+            out.markers
+                .extend(svc.markers.range(taken[2] as usize..).cloned());
+            cursor.taken.insert(
+                name.clone(),
+                [
+                    svc.evicted_spans + to as u64,
+                    svc.evicted_points + svc.points.len() as u64,
+                    svc.markers.len() as u64,
+                ],
+            );
+        }
+        cursor.started = true;
+        Ok(out)
     }
 
     /// Metric points matching `q` (by point time).
@@ -695,16 +757,19 @@ impl Inner {
                 let point_t = svc.points.front().map(|p| p.time_unix_nano);
                 match (span_t, point_t) {
                     (Some(a), Some(b)) if b < a => {
+                        svc.evicted_points += 1;
                         let p = svc.points.pop_front().expect("front exists");
                         freed += p.approx_bytes();
                         evicted_t = evicted_t.max(p.time_unix_nano);
                     }
                     (Some(_), _) => {
+                        svc.evicted_spans += 1;
                         let s = svc.spans.pop_front().expect("front exists");
                         freed += s.approx_bytes();
                         evicted_t = evicted_t.max(s.start_unix_nano);
                     }
                     (None, Some(_)) => {
+                        svc.evicted_points += 1;
                         let p = svc.points.pop_front().expect("front exists");
                         freed += p.approx_bytes();
                         evicted_t = evicted_t.max(p.time_unix_nano);
@@ -952,6 +1017,40 @@ mod tests {
         ids.sort();
         assert_eq!(ids, vec![1, 2, 3, 4]);
         assert_eq!(store.stats().duplicates, 2);
+    }
+
+    #[tokio::test]
+    async fn tail_returns_each_new_row_once_and_says_when_it_fell_behind() {
+        let dir = tmp("tail");
+        let decoder = Decoder::default();
+        let store = Store::open(
+            StoreConfig::new(&dir),
+            decoder.clone(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        put(&store, &decoder, &[1, 2, 3]).await;
+        let ids = |b: &Batch| b.spans.iter().map(|s| s.span_id[0]).collect::<Vec<_>>();
+        let mut cursor = TailCursor::default();
+        // A new cursor starts at the oldest row in memory; the limit splits.
+        assert_eq!(ids(&store.tail(&mut cursor, 2).unwrap()), vec![1, 2]);
+        assert_eq!(ids(&store.tail(&mut cursor, 2).unwrap()), vec![3]);
+        assert!(store.tail(&mut cursor, 2).unwrap().is_empty());
+        // Duplicates are not stored, so not seen again.
+        put(&store, &decoder, &[3, 4]).await;
+        assert_eq!(ids(&store.tail(&mut cursor, 10).unwrap()), vec![4]);
+        drop(store);
+
+        // With a hot set that holds almost nothing, rows are evicted before
+        // a slow reader takes them, and it is told so.
+        let mut config = StoreConfig::new(tmp("tail-evict"));
+        config.hot_bytes = 1;
+        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        let mut cursor = TailCursor::default();
+        assert!(store.tail(&mut cursor, 10).unwrap().is_empty());
+        put(&store, &decoder, &[5, 6]).await;
+        let err = store.tail(&mut cursor, 10).unwrap_err();
+        assert_eq!(err.service, "shop");
     }
 
     #[tokio::test]
