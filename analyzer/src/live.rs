@@ -36,6 +36,13 @@ pub struct LiveSettings {
     /// How far behind the newest data the analysed series may end while
     /// traces that started there are pending.
     pub max_edge_lag_nanos: u64,
+    /// Spans waiting in incomplete traces at most (beyond it, traces
+    /// without a root are not waited for).
+    pub max_pending_spans: usize,
+    /// Memory the window's facts may take; beyond it the oldest facts go
+    /// (their buckets stay, so burn rates and baselines keep the window,
+    /// while evidence such as top keys covers the recent part).
+    pub max_fact_bytes: usize,
 }
 
 impl LiveSettings {
@@ -47,6 +54,8 @@ impl LiveSettings {
             idle_ticks_to_flush: 3,
             max_lookback_nanos: 60_000_000_000,
             max_edge_lag_nanos: 3_000_000_000,
+            max_pending_spans: 200_000,
+            max_fact_bytes: 128 << 20,
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct TickStats {
     pub traces: u64,
     /// Traces still waiting for spans.
     pub pending_traces: u64,
+    /// Memory the window's facts take (estimated).
+    pub fact_bytes: u64,
 }
 
 /// The incremental analysis state.
@@ -111,6 +122,12 @@ pub struct LiveAnalysis {
     spans: HashMap<Sym, SpanBuckets>,
     /// Longest recompute or database operation seen (capped).
     longest: u64,
+    /// Facts before this time were dropped to stay within memory: buckets
+    /// there are not rebuilt any more.
+    facts_floor: u64,
+    /// Earliest time in the data so far (the series start there while the
+    /// window is longer than the data).
+    earliest: u64,
     pushed_spans: u64,
     idle_ticks: u32,
     metric_points: u64,
@@ -125,6 +142,7 @@ impl LiveAnalysis {
             analyzer.config.clone(),
             settings.quiet_nanos,
             settings.grace_nanos,
+            settings.max_pending_spans,
         );
         Self {
             analyzer,
@@ -138,6 +156,8 @@ impl LiveAnalysis {
             log_markers: Vec::new(),
             spans: HashMap::new(),
             longest: 0,
+            facts_floor: 0,
+            earliest: u64::MAX,
             pushed_spans: 0,
             idle_ticks: 0,
             metric_points: 0,
@@ -153,6 +173,9 @@ impl LiveAnalysis {
             self.assembler.push(s);
         }
         self.metric_points += batch.points.len() as u64;
+        for p in &batch.points {
+            self.earliest = self.earliest.min(p.time_unix_nano);
+        }
         self.log_marker_count += batch.markers.len() as u64;
         self.points.extend(batch.points);
         self.log_markers.extend(batch.markers);
@@ -198,22 +221,28 @@ impl LiveAnalysis {
                 .longest
                 .max(e.saturating_sub(s).min(self.settings.max_lookback_nanos));
         }
+        if new.spans > 0 {
+            self.earliest = self.earliest.min(new.min_time);
+        }
         self.facts.merge(new);
 
         let width = self.analyzer.config.bucket_nanos();
         let latest = self.latest();
-        let earliest = self
-            .points
-            .iter()
-            .map(|p| p.time_unix_nano)
-            .fold(self.facts.min_time, u64::min);
         let horizon = (latest
             .saturating_sub(self.settings.window_nanos)
-            .max(earliest))
+            .max(self.earliest))
         .min(latest)
             / width
             * width;
         self.facts.evict_before(horizon);
+        self.facts_floor = self.facts_floor.max(horizon);
+        for _ in 0..32 {
+            if self.facts.approx_bytes() <= self.settings.max_fact_bytes {
+                break;
+            }
+            self.facts_floor += latest.saturating_sub(self.facts_floor) / 8;
+            self.facts.evict_before(self.facts_floor);
+        }
         if self
             .points
             .first()
@@ -228,8 +257,16 @@ impl LiveAnalysis {
         }
 
         if let Some((from, to)) = touched {
-            stats.rebuilt_buckets = self.rebuild(from.max(horizon), to)?;
+            // Below the floor (plus the operations that could reach over
+            // it) the facts are partial: those buckets keep what they had.
+            let floor = if self.facts_floor > horizon {
+                (self.facts_floor + self.longest).div_ceil(width) * width
+            } else {
+                horizon
+            };
+            stats.rebuilt_buckets = self.rebuild(from.max(floor), to)?;
         }
+        stats.fact_bytes = self.facts.approx_bytes() as u64;
 
         // The window's series: cached span buckets, then metrics over them,
         // up to where facts are complete (a pending trace's facts would

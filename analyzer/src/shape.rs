@@ -205,6 +205,17 @@ impl Facts {
         }
     }
 
+    /// Memory the facts take (estimated: the vectors, not the shared
+    /// strings).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.requests.len() * size_of::<RequestFact>()
+            + self.lookups.len() * size_of::<LookupFact>()
+            + self.recomputes.len() * size_of::<RecomputeFact>()
+            + self.db_ops.len() * size_of::<DbOpFact>()
+            + self.fills.len() * size_of::<FillFact>()
+    }
+
     /// Forget facts (and versions last seen) before `t`. The removal is
     /// amortised: a kind of fact is trimmed once enough of it is old.
     pub fn evict_before(&mut self, t: u64) {
@@ -300,6 +311,10 @@ pub struct TraceAssembler {
     watermark: u64,
     grace: u64,
     quiet: Option<u64>,
+    /// Spans held in pending traces, and how many a live assembler holds
+    /// before it stops waiting for roots.
+    pending_spans: usize,
+    max_pending_spans: usize,
     since_sweep: usize,
     interner: crate::model::Interner,
 }
@@ -316,17 +331,26 @@ impl TraceAssembler {
             watermark: 0,
             grace: 60_000_000_000,
             quiet: None,
+            pending_spans: 0,
+            max_pending_spans: usize::MAX,
             since_sweep: 0,
             interner: crate::model::Interner::with_capacity(1 << 20),
         }
     }
 
     /// An assembler for live analysis: rooted traces complete `quiet`
-    /// nanoseconds after their last span, the others after `grace`.
-    pub fn live(config: Arc<AnalysisConfig>, quiet: u64, grace: u64) -> Self {
+    /// nanoseconds after their last span, the others after `grace`, or
+    /// after `quiet` too once more than `max_pending_spans` wait.
+    pub fn live(
+        config: Arc<AnalysisConfig>,
+        quiet: u64,
+        grace: u64,
+        max_pending_spans: usize,
+    ) -> Self {
         Self {
             quiet: Some(quiet),
             grace,
+            max_pending_spans,
             ..Self::new(config)
         }
     }
@@ -354,6 +378,7 @@ impl TraceAssembler {
 
     /// Reduce every pending trace, complete or not.
     pub fn flush(&mut self) {
+        self.pending_spans = 0;
         let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         for p in pending {
             self.reduce(p.spans);
@@ -400,6 +425,7 @@ impl TraceAssembler {
         p.first_start = p.first_start.min(span.start_unix_nano);
         p.rooted |= span.is_root();
         p.spans.push(span);
+        self.pending_spans += 1;
         self.since_sweep += 1;
         if self.since_sweep >= 65_536 {
             self.sweep();
@@ -408,11 +434,15 @@ impl TraceAssembler {
 
     fn sweep(&mut self) {
         self.since_sweep = 0;
-        let horizon = self.watermark.saturating_sub(self.grace);
         let rooted_horizon = self
             .quiet
             .map(|q| self.watermark.saturating_sub(q))
             .unwrap_or(0);
+        let horizon = if self.pending_spans > self.max_pending_spans {
+            rooted_horizon
+        } else {
+            self.watermark.saturating_sub(self.grace)
+        };
         let done: Vec<[u8; 16]> = self
             .pending
             .iter()
@@ -421,6 +451,7 @@ impl TraceAssembler {
             .collect();
         for id in done {
             if let Some(p) = self.pending.remove(&id) {
+                self.pending_spans = self.pending_spans.saturating_sub(p.spans.len());
                 self.reduce(p.spans);
             }
         }

@@ -78,8 +78,11 @@ pub struct RawStore {
 pub struct RawDashboard {
     /// Link template for exemplar traces; `{trace_id}` is replaced.
     pub trace_link: Option<String>,
-    /// Seconds of data each live analysis pass reads.
+    /// Seconds of data the live analysis covers.
     pub live_window_seconds: Option<f64>,
+    /// Memory for the live analysis's per-request facts (MiB); beyond it
+    /// the oldest go, their buckets stay.
+    pub live_facts_mib: Option<u64>,
     /// Run the live analysis at all.
     pub live_analysis: Option<bool>,
 }
@@ -201,6 +204,7 @@ pub struct Config {
     pub slos: Vec<SloConfig>,
     pub trace_link: Option<String>,
     pub live_window: Duration,
+    pub live_fact_bytes: usize,
     pub live_analysis: bool,
     pub webhook_url: Option<String>,
     pub webhook_retry_base: Duration,
@@ -341,6 +345,13 @@ impl Config {
                 format!("must be at least 10, got {live_window}"),
             ));
         }
+        let live_facts_mib = dashboard.live_facts_mib.unwrap_or(128);
+        if !(1..=1 << 20).contains(&live_facts_mib) {
+            return Err(invalid(
+                "dashboard.live_facts_mib",
+                format!("must be between 1 and 1048576, got {live_facts_mib}"),
+            ));
+        }
         Ok(Self {
             grpc_listen: addr(
                 "server.grpc_listen",
@@ -370,6 +381,7 @@ impl Config {
             slos,
             trace_link: o.trace_link.clone().or(dashboard.trace_link),
             live_window: Duration::from_secs_f64(live_window),
+            live_fact_bytes: (live_facts_mib as usize) << 20,
             live_analysis: o.live_analysis.or(dashboard.live_analysis).unwrap_or(true),
             webhook_url: o.webhook_url.clone().or(alerts.webhook_url),
             webhook_retry_base: Duration::from_millis(alerts.retry_base_ms.unwrap_or(500).max(1)),

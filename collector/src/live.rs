@@ -160,14 +160,12 @@ impl Live {
             tracing::info!("live analysis is off");
             return live;
         }
-        tokio::spawn(live.clone().run(
-            analyzer,
-            store,
-            metrics,
-            config.live_window,
-            notifier,
-            shutdown,
-        ));
+        let mut settings = LiveSettings::new(config.live_window.as_nanos() as u64);
+        settings.max_fact_bytes = config.live_fact_bytes;
+        tokio::spawn(
+            live.clone()
+                .run(analyzer, store, metrics, settings, notifier, shutdown),
+        );
         live
     }
 
@@ -185,13 +183,12 @@ impl Live {
         analyzer: Analyzer,
         store: Store,
         metrics: Arc<Metrics>,
-        window: Duration,
+        settings: LiveSettings,
         notifier: Option<(Notifier, String)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let settings = LiveSettings::new(window.as_nanos() as u64);
         let fresh = || {
             (
                 LiveAnalysis::new(analyzer.clone(), settings.clone()),

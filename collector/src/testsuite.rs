@@ -132,3 +132,70 @@ pub fn trace_request(
         }],
     }
 }
+
+/// The benchmarks' load: 512 spans with 10 attributes each, in traces of
+/// four (a server span and a chain of three Redis lookups under it, keys
+/// from `url.path`), ids unique per `seq`, stamped from `now_unix_nano` as
+/// an SDK would stamp them.
+pub fn bench_request(
+    seq: u64,
+    now_unix_nano: u64,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let kv = |k: &str, v: Value| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
+    let spans = (0..512u64)
+        .map(|i| {
+            let n = seq * 512 + i;
+            let root = i % 4 == 0;
+            let start = now_unix_nano.saturating_sub(1_000_000) + i * 1000;
+            Span {
+                trace_id: [(n / 4).to_be_bytes(), 7u64.to_be_bytes()].concat(),
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                parent_span_id: if root {
+                    vec![]
+                } else {
+                    n.to_be_bytes().to_vec()
+                },
+                name: if root { "GET /product/{id}" } else { "GET" }.into(),
+                kind: if root { 2 } else { 3 },
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 500_000,
+                attributes: vec![
+                    kv("http.request.method", Value::StringValue("GET".into())),
+                    kv("http.route", Value::StringValue("/product/{id}".into())),
+                    kv(
+                        "url.path",
+                        Value::StringValue(format!("/product/{}", n % 5000)),
+                    ),
+                    kv("http.response.status_code", Value::IntValue(200)),
+                    kv("db.system.name", Value::StringValue("redis".into())),
+                    kv("db.operation.name", Value::StringValue("GET".into())),
+                    kv("db.query.text", Value::StringValue("GET ?".into())),
+                    kv("server.address", Value::StringValue("cache-1".into())),
+                    kv("network.peer.port", Value::IntValue(6379)),
+                    kv("thread.id", Value::IntValue((n % 64) as i64)),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", Value::StringValue("bench".into()))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -231,3 +231,43 @@ fn multi_service_live_equals_batch() {
 fn baseline_live_finds_nothing() {
     replay(Scenario::Baseline);
 }
+
+/// With room for only a few seconds of facts, the oldest are dropped while
+/// their buckets stay: the series over the whole window is still the batch
+/// one, and the stampede is still found with its kind and onset.
+#[test]
+fn bounded_fact_memory_keeps_the_series_and_the_verdict() {
+    let (batches, _) = committed(Scenario::SynchronizedExpiry);
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let mut session = analyzer.session();
+    for b in batches.clone() {
+        session.push(b);
+    }
+    let signals = session.signals().expect("batch signals");
+    let batch_report = signals.report();
+    let budget = 1 << 20;
+    let mut settings = LiveSettings::new(u64::MAX / 4);
+    settings.max_fact_bytes = budget;
+    let mut live = LiveAnalysis::new(analyzer, settings);
+    let mut peak = 0;
+    for chunk in arrivals(&batches) {
+        live.push(chunk);
+        peak = peak.max(live.tick().expect("tick").1.fact_bytes);
+    }
+    let mut report = None;
+    for _ in 0..LiveSettings::new(0).idle_ticks_to_flush {
+        let (r, stats) = live.tick().expect("idle tick");
+        peak = peak.max(stats.fact_bytes);
+        report = Some(r);
+    }
+    let report = report.expect("ticked");
+    assert!(peak <= budget as u64, "facts took {peak} bytes");
+    assert_same_series("bounded", signals.series(), live.series());
+    let verdict = |r: &herdwatch_analyzer::incident::Report| {
+        r.incidents
+            .iter()
+            .map(|i| (i.service.clone(), i.kind.as_str(), i.onset_unix_nano))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(verdict(&batch_report), verdict(&report));
+}
