@@ -173,7 +173,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             }
         }
     }));
-    let dashboard_router = ops_router(ops).merge(live.dashboard_router(&config));
+    // The token guards the dashboard and its API; probes and scrapers
+    // (`/healthz`, `/readyz`, `/metrics`) stay open.
+    let dashboard_router = ops_router(ops).merge(crate::auth::protect(
+        live.dashboard_router(&config),
+        config.auth_token.clone(),
+    ));
     tasks.push(tokio::spawn({
         let stop = signal(shutdown_rx.clone());
         async move {

@@ -173,8 +173,7 @@ impl Ingest {
         let Some(token) = &self.limits.auth_token else {
             return Ok(());
         };
-        let given = header.and_then(|h| h.strip_prefix("Bearer "));
-        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        if crate::auth::authorized(header, token) {
             Ok(())
         } else {
             Err(IngestError::new(
@@ -335,10 +334,6 @@ pub fn response(signal: Signal, encoding: Encoding, rejected: u64, reason: Strin
             }),
         }),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
