@@ -4,6 +4,8 @@
 //! that retries with exponential backoff and full jitter; the analysis only
 //! enqueues and never waits.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herdwatch_analyzer::incident::Incident;
@@ -19,28 +21,65 @@ const MAX_ATTEMPTS: u32 = 8;
 #[derive(Clone)]
 pub struct Notifier {
     tx: mpsc::Sender<serde_json::Value>,
+    labels: Arc<Mutex<FiringLabels>>,
 }
 
-/// The webhook body for one transition.
-pub fn payload(i: &Incident, dashboard: &str) -> serde_json::Value {
+/// The labels each firing alert was sent with. An incident's kind and
+/// severity can be refined while it is open; its resolve must carry the
+/// labels it fired with, or a receiver (Alertmanager groups and matches on
+/// labels) would see a new alert resolved and the old one firing on.
+#[derive(Debug, Default)]
+pub struct FiringLabels {
+    sent: HashMap<String, serde_json::Value>,
+}
+
+/// Firing alerts remembered at most (the oldest are forgotten first).
+const MAX_FIRING: usize = 10_000;
+
+impl FiringLabels {
+    /// The labels for this transition of `i`.
+    pub fn for_transition(&mut self, i: &Incident) -> serde_json::Value {
+        let current = labels(i);
+        if i.is_open() {
+            if self.sent.len() >= MAX_FIRING
+                && let Some(k) = self.sent.keys().next().cloned()
+            {
+                self.sent.remove(&k);
+            }
+            self.sent.insert(i.id.clone(), current.clone());
+            current
+        } else {
+            self.sent.remove(&i.id).unwrap_or(current)
+        }
+    }
+}
+
+fn labels(i: &Incident) -> serde_json::Value {
+    json!({
+        "alertname": if i.kind.is_stampede() { "CacheStampede" } else { "DatabaseSaturation" },
+        "service": i.service,
+        "kind": i.kind.as_str(),
+        "severity": i.severity.as_str(),
+        "incident_id": i.id,
+    })
+}
+
+/// The webhook body for one transition, with the alert's `labels`.
+pub fn payload(i: &Incident, labels: serde_json::Value, dashboard: &str) -> serde_json::Value {
     let status = if i.is_open() { "firing" } else { "resolved" };
     json!({
         "version": "4",
         "status": status,
         "receiver": "herdwatch",
         "groupLabels": { "service": i.service },
-        "commonLabels": { "alertname": "CacheStampede", "service": i.service, "kind": i.kind.as_str(), "severity": i.severity.as_str() },
+        "commonLabels": labels,
         "externalURL": dashboard,
         "alerts": [{
             "status": status,
-            "labels": {
-                "alertname": if i.kind.is_stampede() { "CacheStampede" } else { "DatabaseSaturation" },
-                "service": i.service,
-                "kind": i.kind.as_str(),
-                "severity": i.severity.as_str(),
-                "incident_id": i.id,
-            },
+            "labels": labels,
             "annotations": {
+                "kind_now": i.kind.as_str(),
+                "severity_now": i.severity.as_str(),
                 "summary": i.cause,
                 "mitigation": i.mitigations.first().map(|m| m.title.clone()).unwrap_or_default(),
                 "confidence": format!("{:.2}", i.confidence),
@@ -105,12 +144,24 @@ impl Notifier {
                 }
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            labels: Arc::default(),
+        }
     }
 
     /// Queue a notification; never blocks.
     pub fn notify(&self, incident: &Incident, dashboard: &str) {
-        if self.tx.try_send(payload(incident, dashboard)).is_err() {
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .for_transition(incident);
+        if self
+            .tx
+            .try_send(payload(incident, labels, dashboard))
+            .is_err()
+        {
             tracing::warn!(incident = %incident.id, "webhook queue full; alert dropped");
         }
     }
@@ -119,6 +170,33 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolve_carries_the_labels_its_alert_fired_with() {
+        use herdwatch_analyzer::incident::Kind;
+        use herdwatch_analyzer::slo::Severity;
+        use herdwatch_analyzer::testsuite::incident;
+        let mut sent = FiringLabels::default();
+        let mut i = incident("a1", "catalog", Kind::SynchronizedExpiry, 100, true);
+        let fired = sent.for_transition(&i);
+        assert_eq!(fired["kind"], "synchronized-expiry");
+        // Refined while open, then over.
+        i.kind = Kind::HotKeyExpiry;
+        i.severity = Severity::Page;
+        i.end_unix_nano = Some(200 * 1_000_000_000);
+        let labels = sent.for_transition(&i);
+        assert_eq!(labels, fired);
+        let body = payload(&i, labels, "http://dash");
+        assert_eq!(body["status"], "resolved");
+        assert_eq!(body["alerts"][0]["labels"]["kind"], "synchronized-expiry");
+        assert_eq!(
+            body["alerts"][0]["annotations"]["kind_now"],
+            "hot-key-expiry"
+        );
+        assert!(sent.sent.is_empty(), "forgotten once resolved");
+        // A resolve never seen firing (restart) uses the current labels.
+        assert_eq!(sent.for_transition(&i)["kind"], "hot-key-expiry");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
