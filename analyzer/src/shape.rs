@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::classify::{self, CacheOp, Role};
 use crate::config::AnalysisConfig;
-use crate::model::{MarkerKind, SpanRow, StatusCode, Sym};
+use crate::model::{FxBuild, MarkerKind, ResourceInfo, SpanRow, StatusCode, Sym};
 
 /// How a lookup's outcome was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,8 +306,11 @@ struct Pending {
 /// facts follow the data within seconds.
 pub struct TraceAssembler {
     config: Arc<AnalysisConfig>,
-    pending: HashMap<[u8; 16], Pending>,
+    pending: HashMap<[u8; 16], Pending, FxBuild>,
     facts: Facts,
+    /// The resource of the spans just pushed and the range of their starts:
+    /// spans of one request share it, so `versions` is updated once per run.
+    resource_run: Option<(Arc<ResourceInfo>, u64, u64)>,
     watermark: u64,
     grace: u64,
     quiet: Option<u64>,
@@ -323,11 +326,12 @@ impl TraceAssembler {
     pub fn new(config: Arc<AnalysisConfig>) -> Self {
         Self {
             config,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             facts: Facts {
                 min_time: u64::MAX,
                 ..Facts::default()
             },
+            resource_run: None,
             watermark: 0,
             grace: 60_000_000_000,
             quiet: None,
@@ -389,6 +393,7 @@ impl TraceAssembler {
     /// markers), with the span and trace counts and versions seen; pending
     /// traces stay.
     pub fn take_facts(&mut self) -> Facts {
+        self.end_resource_run();
         std::mem::replace(
             &mut self.facts,
             Facts {
@@ -403,13 +408,17 @@ impl TraceAssembler {
         f.spans += 1;
         f.min_time = f.min_time.min(span.start_unix_nano);
         f.max_time = f.max_time.max(span.end_unix_nano);
-        let r = &span.resource;
-        let e = f
-            .versions
-            .entry((r.service.clone(), r.version.clone(), r.instance.clone()))
-            .or_insert((span.start_unix_nano, span.start_unix_nano));
-        e.0 = e.0.min(span.start_unix_nano);
-        e.1 = e.1.max(span.start_unix_nano);
+        let t = span.start_unix_nano;
+        match &mut self.resource_run {
+            Some((r, lo, hi)) if Arc::ptr_eq(r, &span.resource) => {
+                *lo = (*lo).min(t);
+                *hi = (*hi).max(t);
+            }
+            _ => {
+                self.end_resource_run();
+                self.resource_run = Some((span.resource.clone(), t, t));
+            }
+        }
         self.watermark = self.watermark.max(span.end_unix_nano);
         let end = span.end_unix_nano;
         let p = self
@@ -429,6 +438,19 @@ impl TraceAssembler {
         self.since_sweep += 1;
         if self.since_sweep >= 65_536 {
             self.sweep();
+        }
+    }
+
+    /// Record the current run of one resource's spans in `versions`.
+    fn end_resource_run(&mut self) {
+        if let Some((r, lo, hi)) = self.resource_run.take() {
+            let e = self
+                .facts
+                .versions
+                .entry((r.service.clone(), r.version.clone(), r.instance.clone()))
+                .or_insert((lo, hi));
+            e.0 = e.0.min(lo);
+            e.1 = e.1.max(hi);
         }
     }
 
@@ -459,6 +481,7 @@ impl TraceAssembler {
 
     pub fn finish(mut self) -> Facts {
         self.flush();
+        self.end_resource_run();
         if self.facts.min_time == u64::MAX {
             self.facts.min_time = 0;
         }
@@ -472,7 +495,7 @@ impl TraceAssembler {
         spans.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
         let config = self.config.clone();
         let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
-        let by_id: HashMap<[u8; 8], usize> = spans
+        let by_id: HashMap<[u8; 8], usize, FxBuild> = spans
             .iter()
             .enumerate()
             .map(|(i, s)| (s.span_id, i))
@@ -482,7 +505,7 @@ impl TraceAssembler {
             .collect();
         // Attribute each cache/db operation to its nearest request ancestor,
         // else to the innermost request whose time range contains it.
-        let mut ops_of: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut ops_of: HashMap<usize, Vec<usize>, FxBuild> = HashMap::default();
         for (i, s) in spans.iter().enumerate() {
             if !matches!(roles[i], Role::Cache(_) | Role::Database) {
                 continue;
