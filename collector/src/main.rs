@@ -7,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use herdwatch_collector::cli::{self, BadInput, Cli, Command};
 
 fn main() {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Analyze(args) => cli::analyze(args),
@@ -31,3 +32,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("cannot start the tokio runtime")
 }
+
+/// With transparent huge pages on (`always`, as on this project's machines),
+/// every 2 MiB region of the allocator's arenas that is touched becomes
+/// resident, and memory freed inside it stays so: at 20 k spans/s that was
+/// a third of the collector's peak RSS. Turning them off for the process
+/// (as `MIMALLOC_ALLOW_THP=0` would) keeps RSS to what is in use.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn no_transparent_huge_pages() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers only and changes a
+    // flag of this process; it cannot touch memory or fail unsafely.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!("herdwatch: cannot disable transparent huge pages (prctl returned {rc})");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_transparent_huge_pages() {}
