@@ -790,6 +790,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn live_assembler_completes_rooted_traces_after_quiet_and_others_after_grace_or_the_cap() {
+        let config = Arc::new(AnalysisConfig::default());
+        let ms = 1_000_000;
+        // quiet 1 s, grace 30 s, at most 2 spans waiting.
+        let mut a = TraceAssembler::live(config.clone(), 1000 * ms, 30_000 * ms, 2);
+        a.push(span(1, 1, 0, SpanKind::Server, 0, 100)); // rooted
+        a.push(span(2, 2, 9, SpanKind::Server, 0, 100)); // parent never arrives
+        a.push(span(3, 3, 0, SpanKind::Server, 500, 1_000)); // watermark 1 s
+        a.sweep_complete();
+        assert_eq!(a.pending_traces(), 3, "nothing is quiet for 1 s yet");
+        a.push(span(4, 4, 0, SpanKind::Server, 1_500, 2_000)); // watermark 2 s
+        a.sweep_complete();
+        // Trace 1 is rooted and quiet; trace 2 (no root) would wait for the
+        // grace, but four spans are over the cap of two, so it goes too.
+        assert_eq!(a.pending_traces(), 2);
+        assert_eq!(a.take_facts().traces, 2);
+        assert_eq!(a.pending_from(), Some(500 * ms));
+
+        let mut patient = TraceAssembler::live(config, 1000 * ms, 30_000 * ms, 1000);
+        for s in [
+            span(1, 1, 0, SpanKind::Server, 0, 100),
+            span(2, 2, 9, SpanKind::Server, 0, 100),
+            span(4, 4, 0, SpanKind::Server, 1_500, 2_000),
+        ] {
+            patient.push(s);
+        }
+        patient.sweep_complete();
+        assert_eq!(patient.take_facts().traces, 1, "only the rooted trace");
+        patient.push(span(5, 5, 0, SpanKind::Server, 31_000, 31_000));
+        patient.sweep_complete();
+        assert_eq!(
+            patient.take_facts().traces,
+            2,
+            "the rootless one after 30 s, and the rooted one quiet by now"
+        );
+    }
+
     fn request_with(trace: u8, path: &str, miss: bool) -> Vec<SpanRow> {
         let mut req = span(trace, 1, 0, SpanKind::Server, 0, 100);
         req.http_route = Arc::from("/product/{id}");

@@ -45,6 +45,13 @@ fn acknowledged_spans_survive_sigkill_and_a_torn_tail_is_cut() {
     let dir = std::env::temp_dir().join(format!("herdwatch-durability-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let server = spawn(&dir);
+    // The server turns transparent huge pages off for itself (they kept
+    // freed allocator memory resident); the kernel reports the flag.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    if let Some(line) = thp {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     let acked: Arc<Mutex<Vec<[u8; 8]>>> = Arc::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("http://{}/v1/traces", server.http);
