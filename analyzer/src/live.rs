@@ -128,6 +128,8 @@ pub struct LiveAnalysis {
     /// Earliest time in the data so far (the series start there while the
     /// window is longer than the data).
     earliest: u64,
+    /// Newest metric point time seen.
+    latest_point: u64,
     pushed_spans: u64,
     idle_ticks: u32,
     metric_points: u64,
@@ -158,6 +160,7 @@ impl LiveAnalysis {
             longest: 0,
             facts_floor: 0,
             earliest: u64::MAX,
+            latest_point: 0,
             pushed_spans: 0,
             idle_ticks: 0,
             metric_points: 0,
@@ -175,6 +178,7 @@ impl LiveAnalysis {
         self.metric_points += batch.points.len() as u64;
         for p in &batch.points {
             self.earliest = self.earliest.min(p.time_unix_nano);
+            self.latest_point = self.latest_point.max(p.time_unix_nano);
         }
         self.log_marker_count += batch.markers.len() as u64;
         self.points.extend(batch.points);
@@ -183,11 +187,10 @@ impl LiveAnalysis {
 
     /// Newest time seen in the data.
     pub fn latest(&self) -> u64 {
-        let p = self.points.iter().map(|p| p.time_unix_nano).max();
         self.assembler
             .watermark()
             .max(self.facts.max_time)
-            .max(p.unwrap_or(0))
+            .max(self.latest_point)
     }
 
     /// Reduce what completed, rebuild the buckets it touched and detect over

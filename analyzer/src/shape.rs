@@ -375,11 +375,6 @@ impl TraceAssembler {
         self.pending.values().map(|p| p.first_start).min()
     }
 
-    /// Reduce the traces that are complete now.
-    pub fn sweep_complete(&mut self) {
-        self.sweep();
-    }
-
     /// Reduce every pending trace, complete or not.
     pub fn flush(&mut self) {
         self.pending_spans = 0;
@@ -437,7 +432,7 @@ impl TraceAssembler {
         self.pending_spans += 1;
         self.since_sweep += 1;
         if self.since_sweep >= 65_536 {
-            self.sweep();
+            self.sweep_complete();
         }
     }
 
@@ -454,7 +449,8 @@ impl TraceAssembler {
         }
     }
 
-    fn sweep(&mut self) {
+    /// Reduce the traces that are complete now.
+    pub fn sweep_complete(&mut self) {
         self.since_sweep = 0;
         let rooted_horizon = self
             .quiet
