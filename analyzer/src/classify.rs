@@ -82,11 +82,23 @@ pub fn role(span: &SpanRow, config: &AnalysisConfig) -> Role {
                 Role::Other
             } else if config.is_cache_system(&span.db_system) {
                 Role::Cache(CacheOp::from_command(command(span), &span.db_query))
+            } else if is_connect(span) {
+                // Acquiring a connection (`pg-pool.connect`, `pg.connect`):
+                // time waiting on the pool, not work on the database.
+                Role::Other
             } else {
                 Role::Database
             }
         }
     }
+}
+
+/// A client span that only opens or acquires a connection.
+fn is_connect(span: &SpanRow) -> bool {
+    span.db_query.is_empty()
+        && (span.db_operation.eq_ignore_ascii_case("connect")
+            || span.name.eq_ignore_ascii_case("connect")
+            || span.name.ends_with(".connect"))
 }
 
 /// The operation word: `db.operation.name`, else the first word of the

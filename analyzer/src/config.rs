@@ -22,10 +22,19 @@ pub struct AnalysisConfig {
     pub burst_min_ratio: f64,
     /// … for at least this many consecutive buckets.
     pub burst_min_buckets: usize,
+    /// One bucket this many times over the burst limit is a burst on its
+    /// own, as is one whose herd reaches `hot_key_min_herd`: a herd that all
+    /// misses within a fraction of a second (and then blocks its clients, so
+    /// the next bucket is quiet) is not noise.
+    pub burst_single_bucket_factor: f64,
     /// Pool use (used / max) at or above this is saturation.
     pub pool_saturation_ratio: f64,
     /// Database operation P95 this many times its baseline is saturation.
     pub db_p95_factor: f64,
+    /// A recompute whose first database operation starts this many
+    /// milliseconds after its miss waited for a connection: a request
+    /// pending on the pool, seen from the traces alone.
+    pub pool_wait_ms: f64,
     /// Onsets may be out of order by this many seconds and still count as led.
     pub lead_tolerance_seconds: f64,
     /// Share of database time spent recomputing missed keys for a stampede.
@@ -79,8 +88,10 @@ impl Default for AnalysisConfig {
             burst_min_misses_per_second: 5.0,
             burst_min_ratio: 3.0,
             burst_min_buckets: 2,
+            burst_single_bucket_factor: 3.0,
             pool_saturation_ratio: 0.9,
             db_p95_factor: 4.0,
+            pool_wait_ms: 100.0,
             lead_tolerance_seconds: 5.0,
             min_recompute_share: 0.5,
             calm_buckets_to_close: 10,
@@ -103,6 +114,10 @@ impl AnalysisConfig {
         (self.bucket_seconds * 1e9).round().max(1.0) as u64
     }
 
+    pub fn pool_wait_nanos(&self) -> u64 {
+        (self.pool_wait_ms * 1e6).round().max(0.0) as u64
+    }
+
     pub fn is_cache_system(&self, system: &str) -> bool {
         self.cache_systems.iter().any(|c| c == system)
     }
@@ -114,6 +129,7 @@ impl AnalysisConfig {
             ("analysis.baseline_seconds", self.baseline_seconds),
             ("analysis.burst_mad_factor", self.burst_mad_factor),
             ("analysis.db_p95_factor", self.db_p95_factor),
+            ("analysis.pool_wait_ms", self.pool_wait_ms),
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -133,6 +149,13 @@ impl AnalysisConfig {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{key} must be between 0 and 1, got {v}"));
             }
+        }
+        if !(self.burst_single_bucket_factor.is_finite() && self.burst_single_bucket_factor >= 1.0)
+        {
+            return Err(format!(
+                "analysis.burst_single_bucket_factor must be at least 1, got {}",
+                self.burst_single_bucket_factor
+            ));
         }
         if self.burst_min_buckets == 0 {
             return Err("analysis.burst_min_buckets must be at least 1".into());

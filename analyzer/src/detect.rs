@@ -20,6 +20,9 @@ use crate::stats::{mad, median};
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     pub burst: Vec<bool>,
+    /// Burst buckets `burst_single_bucket_factor` times over the limit: a
+    /// burst on their own.
+    pub strong: Vec<bool>,
     pub saturated: Vec<bool>,
     pub spike: Vec<bool>,
     /// Baseline (median) misses per bucket at each bucket.
@@ -36,6 +39,7 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
     let floor = config.burst_min_misses_per_second * config.bucket_seconds;
     let mut f = Flags {
         burst: vec![false; n],
+        strong: vec![false; n],
         saturated: vec![false; n],
         spike: vec![false; n],
         miss_baseline: vec![f64::NAN; n],
@@ -56,6 +60,11 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
                 .max(med + config.burst_mad_factor * spread.max(1.0))
                 .max(config.burst_min_ratio * med);
             f.burst[b] = k.misses >= limit;
+            // A one-bucket burst is noise unless it is far over the limit or
+            // its recomputes pile up on one key (a herd, not lone refills).
+            f.strong[b] = f.burst[b]
+                && (k.misses >= config.burst_single_bucket_factor * limit
+                    || k.herd >= config.hot_key_min_herd as f64);
         }
         let dv: Vec<f64> = db_p95.iter().copied().collect();
         let db_base = median(&dv);
@@ -70,7 +79,10 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         let slow_db = dv.len() >= 5
             && k.db_ops >= 3.0
             && k.db_p95_ms > config.db_p95_factor * db_base.max(1.0);
-        f.saturated[b] = pool || pending || at_pool || slow_db;
+        // Recomputes that waited for their first query: requests pending
+        // on the pool, as the traces show it when no pool metric does.
+        let queued = k.queued >= 1.0;
+        f.saturated[b] = pool || pending || at_pool || slow_db || queued;
         f.spike[b] = k.requests >= config.min_requests_per_bucket as f64 && k.p95_ms > threshold;
         if !(f.burst[b] || f.saturated[b] || f.spike[b]) {
             misses.push_back(k.misses);
@@ -138,12 +150,14 @@ pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
     out
 }
 
-fn first_run(v: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize> {
+/// The start of the first run of flagged buckets in [from, to) that is
+/// `min_len` long or holds a `strong` bucket (one that is a burst on its own).
+fn first_run(v: &[bool], strong: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize> {
     let mut run = 0;
     for (b, &flag) in v.iter().enumerate().take(to).skip(from) {
         if flag {
             run += 1;
-            if run >= min_len {
+            if run >= min_len || strong[b] {
                 return Some(b + 1 - run);
             }
         } else {
@@ -229,7 +243,13 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
     let rps = total_requests / (n as f64 * bs).max(bs);
     let mut out = Vec::new();
     for ep in episodes(&f, config) {
-        let burst = first_run(&f.burst, ep.start, ep.end, config.burst_min_buckets);
+        let burst = first_run(
+            &f.burst,
+            &f.strong,
+            ep.start,
+            ep.end,
+            config.burst_min_buckets,
+        );
         let sat = (ep.start..ep.end).find(|&b| f.saturated[b]);
         let spike = (ep.start..ep.end).find(|&b| f.spike[b]);
         let Some(spike) = spike else { continue };
@@ -301,9 +321,26 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
         let herds = key_herds(&recomputes);
         let distinct = herds.len() as u64;
         let herd_max = herds.iter().map(|h| h.herd).max().unwrap_or(0);
+        // The top key's share of the recomputes above the baseline's lone
+        // refills (the median recomputes per bucket before the onset, over
+        // the window's buckets): a service that refills a dozen cold keys a
+        // second all day still has a hot key when one key carries the herd.
+        let base_rc_per_bucket = median(
+            &series.buckets[onset_b.saturating_sub(60)..onset_b.saturating_sub(tol)]
+                .iter()
+                .map(|b| b.recomputes)
+                .collect::<Vec<_>>(),
+        );
+        let window_buckets_n = (end_b + tol - onset_b.min(end_b)) as f64;
+        let expected_lone = if base_rc_per_bucket.is_finite() {
+            base_rc_per_bucket * window_buckets_n
+        } else {
+            0.0
+        };
+        let excess = (recomputes.len() as f64 - expected_lone).max(1.0);
         let top_share = herds
             .first()
-            .map(|h| h.recomputes as f64 / recomputes.len().max(1) as f64)
+            .map(|h| (h.recomputes as f64 / excess).min(1.0))
             .unwrap_or(0.0);
         // Previous fills of the missed keys: clustered in time?
         let missed_keys: HashSet<&Sym> = misses.iter().map(|l| &l.key).collect();
@@ -730,4 +767,83 @@ pub fn log_markers(markers: &[crate::model::LogMarker]) -> Vec<crate::shape::Mar
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SloConfig;
+    use crate::signals::{Bucket, Coverage};
+    use std::sync::Arc;
+
+    /// 30 calm buckets (10 lookups, 2 lone refills each), then `last`.
+    fn series_with(last: Bucket) -> ServiceSeries {
+        let calm = Bucket {
+            lookups: 100.0,
+            misses: 2.0,
+            recomputes: 2.0,
+            herd: 1.0,
+            requests: 100.0,
+            p95_ms: 20.0,
+            db_ops: 2.0,
+            db_p95_ms: 5.0,
+            ..Bucket::default()
+        };
+        let mut buckets = vec![calm; 30];
+        buckets.push(last);
+        ServiceSeries {
+            service: Arc::from("shop"),
+            t0: 0,
+            bucket_nanos: 1_000_000_000,
+            buckets,
+            coverage: Coverage::default(),
+            slo: SloConfig::default(),
+        }
+    }
+
+    #[test]
+    fn a_one_bucket_burst_counts_only_with_a_herd_or_far_over_the_limit() {
+        let config = AnalysisConfig::default();
+        // The limit here: max(5 misses/s floor, median 2 + 6 × MAD floor 1, 3 × 2) = 8.
+        let burst = |misses: f64, herd: f64| {
+            let f = flags(
+                &series_with(Bucket {
+                    lookups: 100.0,
+                    misses,
+                    herd,
+                    ..Bucket::default()
+                }),
+                &config,
+            );
+            (f.burst[30], f.strong[30])
+        };
+        assert_eq!(burst(7.0, 8.0), (false, false), "under the limit");
+        assert_eq!(
+            burst(10.0, 1.0),
+            (true, false),
+            "lone refills: needs two buckets"
+        );
+        assert_eq!(burst(10.0, 5.0), (true, true), "a herd of 5 on one key");
+        assert_eq!(burst(24.0, 1.0), (true, true), "three times the limit");
+        assert_eq!(burst(23.0, 1.0), (true, false));
+    }
+
+    #[test]
+    fn recomputes_that_waited_for_their_first_query_are_saturation() {
+        let config = AnalysisConfig::default();
+        let sat = |queued: f64| {
+            flags(
+                &series_with(Bucket {
+                    requests: 100.0,
+                    p95_ms: 20.0,
+                    queued,
+                    ..Bucket::default()
+                }),
+                &config,
+            )
+            .saturated[30]
+        };
+        assert!(!sat(0.0));
+        assert!(sat(1.0));
+    }
 }

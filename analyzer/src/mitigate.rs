@@ -497,6 +497,7 @@ mod tests {
             start: start_ms * 1_000_000,
             end: end_ms * 1_000_000,
             db_nanos: (end_ms - start_ms) * 1_000_000,
+            wait: 0,
             trace_id: [0; 16],
         }
     }

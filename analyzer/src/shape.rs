@@ -69,6 +69,9 @@ pub struct RecomputeFact {
     pub end: u64,
     /// Summed duration of the database operations of the recompute.
     pub db_nanos: u64,
+    /// From the end of the lookup that missed to `start`: the time spent
+    /// waiting (for a connection, a lock) before the database work began.
+    pub wait: u64,
     pub trace_id: [u8; 16],
 }
 
@@ -668,6 +671,7 @@ impl TraceAssembler {
                             start,
                             end,
                             db_nanos,
+                            wait: start.saturating_sub(op.end_unix_nano),
                             trace_id: req.trace_id,
                         });
                     }
@@ -843,6 +847,39 @@ mod tests {
             out.push(set);
         }
         out
+    }
+
+    #[test]
+    fn a_recompute_waits_from_its_miss_to_its_first_query_and_a_long_wait_is_queued() {
+        let config = AnalysisConfig::default();
+        let mut a = TraceAssembler::new(Arc::new(config.clone()));
+        // Trace 1 queries at once (1 ms after its lookup ended at 2 ms);
+        // trace 2 waits 300 ms for a connection.
+        let mut waited = request_with(2, "/product/42", true);
+        waited[0].end_unix_nano = 500_000_000;
+        waited[2].start_unix_nano = 302_000_000;
+        waited[2].end_unix_nano = 380_000_000;
+        waited[3].start_unix_nano = 381_000_000;
+        waited[3].end_unix_nano = 382_000_000;
+        // The wait shows as a pool span (node's pg instrumentation): not
+        // database work.
+        let mut connect = span(2, 5, 1, SpanKind::Client, 2, 302);
+        connect.name = Arc::from("pg-pool.connect");
+        connect.db_system = Arc::from("postgresql");
+        waited.push(connect);
+        for s in request_with(1, "/product/42", true)
+            .into_iter()
+            .chain(waited)
+        {
+            a.push(s);
+        }
+        let f = a.finish();
+        let mut waits: Vec<u64> = f.recomputes.iter().map(|r| r.wait / 1_000_000).collect();
+        waits.sort();
+        assert_eq!(waits, [1, 300]);
+        let series = crate::signals::build(&f, &[], &config, &[]).unwrap();
+        let b = &series[0].buckets[0];
+        assert_eq!((b.recomputes, b.queued, b.db_ops), (2.0, 1.0, 2.0));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub const HERD_MAX: &str = "herd_max";
 pub const HERD_LAST: &str = "herd_last";
 pub const DB_MAX: &str = "db_inflight_max";
 pub const DB_LAST: &str = "db_inflight_last";
+pub const WAIT_MS: &str = "wait_ms";
+pub const QUEUED: &str = "queued";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -65,6 +67,9 @@ pub struct Bucket {
     pub failed: f64,
     pub recomputes: f64,
     pub recompute_inflight: f64,
+    /// Recomputes whose database work began (in this bucket) only after
+    /// waiting at least `pool_wait_ms` since their miss.
+    pub queued: f64,
     pub herd: f64,
     pub db_ops: f64,
     pub db_inflight: f64,
@@ -217,6 +222,18 @@ pub fn db_plan(lf: LazyFrame, t0: u64, width: u64) -> LazyFrame {
             col(DUR_MS).sum().alias(DB_MS),
             col(RC_MS).sum().alias(DB_RC_MS),
         ])
+}
+
+/// Recomputes per bucket (by when their database work began) that had
+/// waited at least `min_wait_ms` since their miss.
+pub fn queue_plan(lf: LazyFrame, t0: u64, width: u64, min_wait_ms: f64) -> LazyFrame {
+    lf.with_column(bucket_expr(t0, width))
+        .group_by([col(SERVICE), col(BUCKET)])
+        .agg([col(WAIT_MS)
+            .gt_eq(lit(min_wait_ms))
+            .sum()
+            .cast(DataType::Float64)
+            .alias(QUEUED)])
 }
 
 /// Sweep of ±1 events sorted by time (ends before starts at the same
@@ -514,6 +531,28 @@ pub fn span_series(
                 .collect::<Vec<_>>(),
         ),
     ])?;
+    let waits = DataFrame::new_infer_height(vec![
+        str_col(
+            SERVICE,
+            facts.recomputes.iter().map(|r| &*r.service).collect(),
+        ),
+        Column::new(
+            T.into(),
+            facts
+                .recomputes
+                .iter()
+                .map(|r| r.start as i64)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            WAIT_MS.into(),
+            facts
+                .recomputes
+                .iter()
+                .map(|r| r.wait as f64 / 1e6)
+                .collect::<Vec<_>>(),
+        ),
+    ])?;
     let (s, k, t, d) = events(
         facts
             .recomputes
@@ -543,6 +582,7 @@ pub fn span_series(
         lookup_plan(lookups.lazy(), t0, width),
         request_plan(requests.lazy(), t0, width),
         db_plan(db.lazy(), t0, width),
+        queue_plan(waits.lazy(), t0, width, config.pool_wait_ms),
         inflight_plan(
             rc_events.lazy(),
             t0,
@@ -596,7 +636,7 @@ pub fn span_series(
     };
     let cols: HashMap<&str, Vec<Option<f64>>> = [
         LOOKUPS, MISSES, FAILURES, REQUESTS, P50, P95, P99, BADS, ERRORS, DB_OPS, DB_P95, DB_MS,
-        DB_RC_MS, RC_MAX, RC_LAST, HERD_MAX, RC_STARTS, DB_MAX, DB_LAST,
+        DB_RC_MS, QUEUED, RC_MAX, RC_LAST, HERD_MAX, RC_STARTS, DB_MAX, DB_LAST,
     ]
     .into_iter()
     .map(|name| f(name).map(|v| (name, v)))
@@ -640,6 +680,7 @@ pub fn span_series(
         bucket.recompute_db_ms = get(DB_RC_MS, i);
         bucket.recompute_inflight =
             get(RC_MAX, i).max(rc_last * (cols[RC_MAX][i].is_none() as u8 as f64));
+        bucket.queued = get(QUEUED, i);
         bucket.herd = get(HERD_MAX, i);
         bucket.recomputes = get(RC_STARTS, i);
         bucket.db_inflight = get(DB_MAX, i).max(db_last * (cols[DB_MAX][i].is_none() as u8 as f64));

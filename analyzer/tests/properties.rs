@@ -113,6 +113,7 @@ proptest! {
                 start: *s,
                 end: s + d,
                 db_nanos: *d,
+                wait: 0,
                 trace_id: [1; 16],
             })
             .collect();

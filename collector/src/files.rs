@@ -104,20 +104,22 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, FileError> {
     Ok(reader)
 }
 
-/// Which signal a protobuf file holds, from its name.
+/// Which signal a protobuf file probably holds, from a word of its name
+/// (`traces.pb`, `2026-12-04-metrics.bin`; not `catalog.pb`).
 fn signal_hint(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-    if name.contains("metric") {
-        Some("metrics")
-    } else if name.contains("log") {
-        Some("logs")
-    } else if name.contains("trace") || name.contains("span") {
-        Some("traces")
-    } else {
-        None
-    }
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .find_map(|word| match word {
+            "metric" | "metrics" => Some("metrics"),
+            "log" | "logs" => Some("logs"),
+            "trace" | "traces" | "span" | "spans" => Some("traces"),
+            _ => None,
+        })
 }
 
+/// Decode one protobuf message: the hinted signal first; when the hint is
+/// wrong (the message does not decode as it, or holds nothing), the
+/// message's content decides. The error is the hinted signal's.
 fn decode_proto(bytes: &[u8], hint: Option<&str>, d: &Decoder) -> Result<Batch, String> {
     let traces = || {
         d.traces_protobuf(bytes)
@@ -133,25 +135,33 @@ fn decode_proto(bytes: &[u8], hint: Option<&str>, d: &Decoder) -> Result<Batch, 
             .map(|r| d.logs(&r))
             .map_err(|e| format!("invalid ExportLogsServiceRequest: {e}"))
     };
-    match hint {
-        Some("traces") => traces(),
-        Some("metrics") => metrics(),
-        Some("logs") => logs(),
-        _ => {
-            // The three messages share field numbers; a trace request whose
-            // spans carry 16-byte trace ids is a trace request.
-            if let Ok(b) = traces()
-                && !b.spans.is_empty()
-            {
-                return Ok(b);
-            }
-            if let Ok(b) = metrics()
-                && !b.points.is_empty()
-            {
-                return Ok(b);
-            }
-            logs()
-        }
+    let hinted = match hint {
+        Some("traces") => Some(traces()),
+        Some("metrics") => Some(metrics()),
+        Some("logs") => Some(logs()),
+        _ => None,
+    };
+    let hint_err = match hinted {
+        Some(Ok(b)) if !b.is_empty() => return Ok(b),
+        Some(Err(e)) => Some(e),
+        _ => None,
+    };
+    // The three messages share field numbers; a trace request whose spans
+    // carry 16-byte trace ids is a trace request.
+    if let Ok(b) = traces()
+        && !b.spans.is_empty()
+    {
+        return Ok(b);
+    }
+    if let Ok(b) = metrics()
+        && !b.points.is_empty()
+    {
+        return Ok(b);
+    }
+    match (logs(), hint_err) {
+        (Ok(b), None) => Ok(b),
+        (Ok(b), Some(_)) if !b.is_empty() => Ok(b),
+        (_, Some(e)) | (Err(e), None) => Err(e),
     }
 }
 
@@ -442,6 +452,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(spans, 1);
+    }
+
+    #[test]
+    fn a_file_name_is_a_hint_and_the_content_decides_when_it_is_wrong() {
+        assert_eq!(signal_hint(Path::new("a/traces.pb")), Some("traces"));
+        assert_eq!(signal_hint(Path::new("2026-metrics.bin")), Some("metrics"));
+        assert_eq!(signal_hint(Path::new("app-logs.pb.gz")), Some("logs"));
+        assert_eq!(signal_hint(Path::new("catalog.pb")), None, "not a word");
+        let req: ExportTraceServiceRequest = serde_json::from_str(LINE).unwrap();
+        let mut buf = Vec::new();
+        write_delimited(&mut buf, &req).unwrap();
+        for name in ["catalog.pb", "logs.pb", "metrics.pb"] {
+            let p = tmp(name, &buf);
+            let mut spans = 0;
+            read_file(&p, &Decoder::default(), true, &mut |b| {
+                spans += b.spans.len()
+            })
+            .unwrap();
+            assert_eq!(spans, 1, "{name}");
+        }
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! Independent instrumentation: `samples/real/catalog.py`, a Flask service
+//! with the stock OpenTelemetry Python instrumentations of Flask, redis-py
+//! and psycopg2 (nothing written for Herdwatch: sanitised `GET ?`
+//! statements, old-generation semconv, no cache hit attribute, no pool
+//! metrics), runs against real Redis and PostgreSQL servers and is driven
+//! into a hot-key stampede. The SDK's OTLP/HTTP exporter sends to a running
+//! collector while a second exporter writes a capture file: the live
+//! analysis and `analyze` must both name the stampede, its key and its
+//! onset, and see nothing before it.
+//!
+//! Needs what `samples/real/setup.sh` installs and starts; it prints the
+//! `HERDWATCH_REAL_*` variables read here. Without them the test says so and
+//! passes, unless `REQUIRE_REAL_INSTRUMENTATION` is set (as `.ci/run` does).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herdwatch_analyzer::Analyzer;
+use herdwatch_analyzer::incident::{Kind, Report};
+use herdwatch_analyzer::model::Interner;
+use herdwatch_collector::decode::Decoder;
+use herdwatch_collector::files::read_file;
+use herdwatch_collector::{app, testsuite};
+
+struct Env {
+    python: PathBuf,
+    redis_port: String,
+    pg_dsn: String,
+}
+
+fn env() -> Option<Env> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let found = match (
+        var("HERDWATCH_REAL_PYTHON"),
+        var("HERDWATCH_REAL_REDIS_PORT"),
+        var("HERDWATCH_REAL_PG_DSN"),
+    ) {
+        (Some(p), Some(r), Some(d)) => Some(Env {
+            python: p.into(),
+            redis_port: r,
+            pg_dsn: d,
+        }),
+        _ => None,
+    };
+    if found.is_none() {
+        assert!(
+            std::env::var_os("REQUIRE_REAL_INSTRUMENTATION").is_none(),
+            "REQUIRE_REAL_INSTRUMENTATION is set but HERDWATCH_REAL_* are not: run samples/real/setup.sh"
+        );
+        eprintln!(
+            "skipped: run `eval \"$(bash samples/real/setup.sh)\"` to check real instrumentation"
+        );
+    }
+    found
+}
+
+fn analyse(path: &Path) -> Report {
+    let decoder = Decoder::new(Arc::new(Interner::default()));
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let mut session = analyzer.session();
+    read_file(path, &decoder, true, &mut |b| session.push(b)).expect("read the capture");
+    session.finish().expect("analysis")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_batch() {
+    let Some(env) = env() else { return };
+    let dir = testsuite::temp_dir("real");
+    let running = app::start(testsuite::loopback_config(dir.join("data"), ""))
+        .await
+        .unwrap();
+    let capture = dir.join("catalog.pb");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real/catalog.py");
+    let expire_at = 14.0;
+    let out = tokio::process::Command::new(&env.python)
+        .arg(&script)
+        .args(["--redis-port", &env.redis_port, "--pg-dsn", &env.pg_dsn])
+        .args(["--otlp", &format!("http://{}", running.http_addr)])
+        .arg("--capture")
+        .arg(&capture)
+        .args(["--seconds", "28", "--expire-at", &expire_at.to_string()])
+        .output()
+        .await
+        .expect("run catalog.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "catalog.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("truth line")).unwrap();
+    let expired = truth["expired_unix_nano"].as_u64().unwrap();
+    let hot_path = truth["path"].as_str().unwrap().to_string();
+
+    // Batch: the capture the second exporter wrote.
+    let report = analyse(&capture);
+    let summary: Vec<String> = report
+        .incidents
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} onset {}",
+                i.service,
+                i.kind.as_str(),
+                i.onset_unix_nano
+            )
+        })
+        .collect();
+    assert_eq!(report.incidents.len(), 1, "{summary:?}");
+    let i = &report.incidents[0];
+    assert_eq!(i.service, "catalog");
+    assert_eq!(i.kind, Kind::HotKeyExpiry, "{summary:?}");
+    let onset_off = i.onset_unix_nano as f64 / 1e9 - expired as f64 / 1e9;
+    assert!(
+        (-2.0..=2.0).contains(&onset_off),
+        "onset {onset_off:+.1} s from the expiry"
+    );
+    // Keys are sanitised (`GET ?`): the key is the request's path.
+    let top = &i.evidence.top_keys[0];
+    assert_eq!(top.key, hot_path, "{:?}", i.evidence.top_keys);
+    assert_eq!(
+        top.recomputes,
+        i.evidence
+            .top_keys
+            .iter()
+            .map(|k| k.recomputes)
+            .max()
+            .unwrap()
+    );
+    assert_eq!(top.group, "/home", "the key group is the route");
+    assert!(top.herd >= 5, "herd {}", top.herd);
+    let share = i.evidence.recompute_share.expect("database spans");
+    assert!(share >= 0.5, "recompute share {share}");
+    let ids: Vec<&str> = i.mitigations.iter().map(|m| m.id.as_str()).collect();
+    assert!(ids.contains(&"single-flight"), "{ids:?}");
+
+    // Live: the collector that the SDK's OTLP/HTTP exporter sent to.
+    let started = Instant::now();
+    let live = loop {
+        let v: serde_json::Value = reqwest::get(format!(
+            "http://{}/api/v1/incidents",
+            running.dashboard_addr
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let list = v["incidents"].as_array().unwrap().clone();
+        if let Some(i) = list.iter().find(|i| i["kind"] == "hot-key-expiry") {
+            assert_eq!(list.len(), 1, "{list:?}");
+            break i.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no live incident; have {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(live["service"], "catalog");
+    let live_onset = live["onset_unix_nano"].as_u64().unwrap();
+    assert!(
+        live_onset.abs_diff(i.onset_unix_nano) <= 2_000_000_000,
+        "live onset {live_onset} vs batch {}",
+        i.onset_unix_nano
+    );
+    assert_eq!(live["evidence"]["top_keys"][0]["key"], hot_path.as_str());
+    running.shutdown().await;
+}
