@@ -6,7 +6,9 @@
 //! into a hot-key stampede. The SDK's OTLP/HTTP exporter sends to a running
 //! collector while a second exporter writes a capture file: the live
 //! analysis and `analyze` must both name the stampede, its key and its
-//! onset, and see nothing before it.
+//! onset, and see nothing before it. A second run with the stable semantic
+//! conventions switched on (`OTEL_SEMCONV_STABILITY_OPT_IN`) must give the
+//! same verdict.
 //!
 //! Needs what `samples/real/setup.sh` installs and starts; it prints the
 //! `HERDWATCH_REAL_*` variables read here. Without them the test says so and
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herdwatch_analyzer::Analyzer;
-use herdwatch_analyzer::incident::{Kind, Report};
+use herdwatch_analyzer::incident::{Incident, Kind, Report};
 use herdwatch_analyzer::model::Interner;
 use herdwatch_collector::decode::Decoder;
 use herdwatch_collector::files::read_file;
@@ -63,39 +65,47 @@ fn analyse(path: &Path) -> Report {
     session.finish().expect("analysis")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_batch() {
-    let Some(env) = env() else { return };
-    let dir = testsuite::temp_dir("real");
-    let running = app::start(testsuite::loopback_config(dir.join("data"), ""))
-        .await
-        .unwrap();
-    let capture = dir.join("catalog.pb");
+/// Run `catalog.py` (sending over OTLP/HTTP to `otlp` when given, and
+/// writing a capture), with `semconv` as `OTEL_SEMCONV_STABILITY_OPT_IN`;
+/// returns its truth line.
+async fn run_catalog(
+    env: &Env,
+    dir: &Path,
+    otlp: Option<std::net::SocketAddr>,
+    semconv: &str,
+) -> (PathBuf, serde_json::Value) {
+    let capture = dir.join(format!(
+        "catalog-{}.pb",
+        if semconv.is_empty() { "old" } else { "new" }
+    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/real/catalog.py");
-    let expire_at = 14.0;
-    let out = tokio::process::Command::new(&env.python)
-        .arg(&script)
+    let mut cmd = tokio::process::Command::new(&env.python);
+    cmd.arg(&script)
         .args(["--redis-port", &env.redis_port, "--pg-dsn", &env.pg_dsn])
-        .args(["--otlp", &format!("http://{}", running.http_addr)])
         .arg("--capture")
         .arg(&capture)
-        .args(["--seconds", "28", "--expire-at", &expire_at.to_string()])
-        .output()
-        .await
-        .expect("run catalog.py");
+        .args(["--seconds", "28", "--expire-at", "14"])
+        .env("OTEL_SEMCONV_STABILITY_OPT_IN", semconv);
+    if let Some(addr) = otlp {
+        cmd.args(["--otlp", &format!("http://{addr}")]);
+    }
+    let out = cmd.output().await.expect("run catalog.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "catalog.py failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let truth: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("truth line")).unwrap();
-    let expired = truth["expired_unix_nano"].as_u64().unwrap();
-    let hot_path = truth["path"].as_str().unwrap().to_string();
+    let truth = serde_json::from_str(stdout.lines().last().expect("truth line")).unwrap();
+    (capture, truth)
+}
 
-    // Batch: the capture the second exporter wrote.
-    let report = analyse(&capture);
+/// `analyze` over the capture: one hot-key expiry on the home page, at the
+/// expiry, with the herd, the share and the mitigation that fit.
+fn check_batch(capture: &Path, truth: &serde_json::Value, conventions: &str) -> Incident {
+    let expired = truth["expired_unix_nano"].as_u64().unwrap();
+    let hot_path = truth["path"].as_str().unwrap();
+    let report = analyse(capture);
     let summary: Vec<String> = report
         .incidents
         .iter()
@@ -108,18 +118,19 @@ async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_ba
             )
         })
         .collect();
-    assert_eq!(report.incidents.len(), 1, "{summary:?}");
-    let i = &report.incidents[0];
+    assert_eq!(report.incidents.len(), 1, "{conventions}: {summary:?}");
+    let i = report.incidents.into_iter().next().unwrap();
     assert_eq!(i.service, "catalog");
-    assert_eq!(i.kind, Kind::HotKeyExpiry, "{summary:?}");
+    assert_eq!(i.kind, Kind::HotKeyExpiry, "{conventions}: {summary:?}");
     let onset_off = i.onset_unix_nano as f64 / 1e9 - expired as f64 / 1e9;
     assert!(
         (-2.0..=2.0).contains(&onset_off),
-        "onset {onset_off:+.1} s from the expiry"
+        "{conventions}: onset {onset_off:+.1} s from the expiry"
     );
     // Keys are sanitised (`GET ?`): the key is the request's path.
     let top = &i.evidence.top_keys[0];
     assert_eq!(top.key, hot_path, "{:?}", i.evidence.top_keys);
+    assert_eq!(top.group, "/home", "the key group is the route");
     assert_eq!(
         top.recomputes,
         i.evidence
@@ -129,12 +140,26 @@ async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_ba
             .max()
             .unwrap()
     );
-    assert_eq!(top.group, "/home", "the key group is the route");
     assert!(top.herd >= 5, "herd {}", top.herd);
     let share = i.evidence.recompute_share.expect("database spans");
     assert!(share >= 0.5, "recompute share {share}");
     let ids: Vec<&str> = i.mitigations.iter().map(|m| m.id.as_str()).collect();
     assert!(ids.contains(&"single-flight"), "{ids:?}");
+    i
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_batch() {
+    let Some(env) = env() else { return };
+    let dir = testsuite::temp_dir("real");
+    let running = app::start(testsuite::loopback_config(dir.join("data"), ""))
+        .await
+        .unwrap();
+    // The instrumentations' default (old-generation) conventions, sent
+    // live and captured.
+    let (capture, truth) = run_catalog(&env, &dir, Some(running.http_addr), "").await;
+    let i = check_batch(&capture, &truth, "old conventions");
+    let hot_path = truth["path"].as_str().unwrap();
 
     // Live: the collector that the SDK's OTLP/HTTP exporter sent to.
     let started = Instant::now();
@@ -166,6 +191,11 @@ async fn stock_python_instrumentation_of_a_real_stampede_is_named_live_and_in_ba
         "live onset {live_onset} vs batch {}",
         i.onset_unix_nano
     );
-    assert_eq!(live["evidence"]["top_keys"][0]["key"], hot_path.as_str());
+    assert_eq!(live["evidence"]["top_keys"][0]["key"], hot_path);
     running.shutdown().await;
+
+    // The stable conventions (`db.system.name`, `db.query.text`,
+    // `url.path`): the same verdict.
+    let (capture, truth) = run_catalog(&env, &dir, None, "database,http").await;
+    check_batch(&capture, &truth, "stable conventions");
 }
