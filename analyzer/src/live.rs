@@ -63,7 +63,7 @@ impl LiveSettings {
 /// A service's span-derived buckets by absolute bucket number
 /// (time / bucket width).
 #[derive(Debug, Default)]
-struct SpanBuckets {
+pub(crate) struct SpanBuckets {
     first: u64,
     buckets: VecDeque<Bucket>,
     coverage: Coverage,
@@ -119,6 +119,9 @@ pub struct LiveAnalysis {
     facts: Facts,
     points: Vec<MetricPoint>,
     log_markers: Vec<LogMarker>,
+    /// Markers seen in spans (a `FLUSHALL`): kept across ticks, while the
+    /// markers derived from versions are derived anew.
+    span_markers: Vec<crate::shape::MarkerFact>,
     spans: HashMap<Sym, SpanBuckets>,
     /// Longest recompute or database operation seen (capped).
     longest: u64,
@@ -156,6 +159,7 @@ impl LiveAnalysis {
             },
             points: Vec::new(),
             log_markers: Vec::new(),
+            span_markers: Vec::new(),
             spans: HashMap::new(),
             longest: 0,
             facts_floor: 0,
@@ -207,7 +211,8 @@ impl LiveAnalysis {
         } else {
             self.assembler.sweep_complete();
         }
-        let new = self.assembler.take_facts();
+        let mut new = self.assembler.take_facts();
+        self.span_markers.append(&mut new.markers);
         let mut stats = TickStats {
             traces: new.traces,
             pending_traces: self.assembler.pending_traces() as u64,
@@ -255,6 +260,7 @@ impl LiveAnalysis {
             self.points.retain(|p| p.time_unix_nano >= horizon);
         }
         self.log_markers.retain(|m| m.time_unix_nano >= horizon);
+        self.span_markers.retain(|m| m.t >= horizon);
         for b in self.spans.values_mut() {
             b.evict_before(horizon / width);
         }
@@ -283,27 +289,7 @@ impl LiveAnalysis {
         let hi = latest.min(complete_to).max(horizon);
         let t0 = horizon;
         let n = ((hi - t0) / width + 1) as usize;
-        let first_abs = t0 / width;
-        let mut series: HashMap<Sym, ServiceSeries> = HashMap::new();
-        for (service, b) in &self.spans {
-            let buckets = (0..n as u64)
-                .map(|i| b.get(first_abs + i).cloned().unwrap_or_default())
-                .collect();
-            let slo = crate::config::SloConfig::for_service(&self.analyzer.slos, service)
-                .cloned()
-                .unwrap_or_default();
-            series.insert(
-                service.clone(),
-                ServiceSeries {
-                    service: service.clone(),
-                    t0,
-                    bucket_nanos: width,
-                    buckets,
-                    coverage: b.coverage.clone(),
-                    slo,
-                },
-            );
-        }
+        let series = dense_series(&self.spans, t0, n, &self.analyzer);
         let series = signals::with_metrics(
             series,
             &self.points,
@@ -312,7 +298,7 @@ impl LiveAnalysis {
             &self.analyzer.config,
             &self.analyzer.slos,
         );
-        self.facts.markers.clear();
+        self.facts.markers.clone_from(&self.span_markers);
         self.facts.derive_markers();
         self.facts
             .markers
@@ -333,54 +319,103 @@ impl LiveAnalysis {
         &self.series
     }
 
-    /// Recompute the span buckets from `from` to `to` (data time) from every
-    /// fact that can reach them; returns how many buckets were rebuilt.
     fn rebuild(&mut self, from: u64, to: u64) -> Result<u64, SignalError> {
-        let width = self.analyzer.config.bucket_nanos();
-        let (b_from, b_to) = (from / width, to / width);
-        if b_to < b_from {
-            return Ok(0);
-        }
-        // Operations that started up to `longest` before the first bucket
-        // can still be in flight inside it.
-        let sub_first = (b_from * width).saturating_sub(self.longest) / width;
-        let sub_t0 = sub_first * width;
-        let n = (b_to + 1 - sub_first) as usize;
-        let view = FactSlices::between(&self.facts, sub_t0, (b_to + 1) * width);
-        let mut out =
-            signals::span_series(view, sub_t0, n, &self.analyzer.config, &self.analyzer.slos)?;
-        for (service, cached) in self.spans.iter_mut() {
-            if let Some(s) = out.remove(service) {
-                cached.coverage = merge_coverage(&cached.coverage, &s.coverage);
-                for (i, bucket) in s.buckets.into_iter().enumerate() {
-                    let abs = sub_first + i as u64;
-                    if abs >= b_from {
-                        cached.set(abs, bucket);
-                    }
-                }
-            } else {
-                for abs in b_from..=b_to {
-                    if cached.get(abs).is_some() {
-                        cached.set(abs, Bucket::default());
-                    }
-                }
-            }
-        }
-        for (service, s) in out {
-            let mut cached = SpanBuckets {
-                coverage: s.coverage.clone(),
-                ..SpanBuckets::default()
-            };
+        rebuild_span_buckets(
+            &mut self.spans,
+            &self.facts,
+            from,
+            to,
+            self.longest,
+            &self.analyzer,
+        )
+    }
+}
+
+/// Recompute the span buckets of `spans` from `from` to `to` (data time)
+/// from every fact of sorted `facts` that can reach them (operations up to
+/// `longest` before the first); returns how many buckets were rebuilt.
+pub(crate) fn rebuild_span_buckets(
+    spans: &mut HashMap<Sym, SpanBuckets>,
+    facts: &Facts,
+    from: u64,
+    to: u64,
+    longest: u64,
+    analyzer: &Analyzer,
+) -> Result<u64, SignalError> {
+    let width = analyzer.config.bucket_nanos();
+    let (b_from, b_to) = (from / width, to / width);
+    if b_to < b_from {
+        return Ok(0);
+    }
+    // Operations that started up to `longest` before the first bucket
+    // can still be in flight inside it.
+    let sub_first = (b_from * width).saturating_sub(longest) / width;
+    let sub_t0 = sub_first * width;
+    let n = (b_to + 1 - sub_first) as usize;
+    let view = FactSlices::between(facts, sub_t0, (b_to + 1) * width);
+    let mut out = signals::span_series(view, sub_t0, n, &analyzer.config, &analyzer.slos)?;
+    for (service, cached) in spans.iter_mut() {
+        if let Some(s) = out.remove(service) {
+            cached.coverage = merge_coverage(&cached.coverage, &s.coverage);
             for (i, bucket) in s.buckets.into_iter().enumerate() {
                 let abs = sub_first + i as u64;
                 if abs >= b_from {
                     cached.set(abs, bucket);
                 }
             }
-            self.spans.insert(service, cached);
+        } else {
+            for abs in b_from..=b_to {
+                if cached.get(abs).is_some() {
+                    cached.set(abs, Bucket::default());
+                }
+            }
         }
-        Ok(b_to + 1 - b_from)
     }
+    for (service, s) in out {
+        let mut cached = SpanBuckets {
+            coverage: s.coverage.clone(),
+            ..SpanBuckets::default()
+        };
+        for (i, bucket) in s.buckets.into_iter().enumerate() {
+            let abs = sub_first + i as u64;
+            if abs >= b_from {
+                cached.set(abs, bucket);
+            }
+        }
+        spans.insert(service, cached);
+    }
+    Ok(b_to + 1 - b_from)
+}
+
+/// The cached span buckets as dense series of `n` buckets from `t0`.
+pub(crate) fn dense_series(
+    spans: &HashMap<Sym, SpanBuckets>,
+    t0: u64,
+    n: usize,
+    analyzer: &Analyzer,
+) -> HashMap<Sym, ServiceSeries> {
+    let width = analyzer.config.bucket_nanos();
+    let first_abs = t0 / width;
+    spans
+        .iter()
+        .map(|(service, b)| {
+            let buckets = (0..n as u64)
+                .map(|i| b.get(first_abs + i).cloned().unwrap_or_default())
+                .collect();
+            let slo = crate::config::SloConfig::for_service(&analyzer.slos, service)
+                .cloned()
+                .unwrap_or_default();
+            let series = ServiceSeries {
+                service: service.clone(),
+                t0,
+                bucket_nanos: width,
+                buckets,
+                coverage: b.coverage.clone(),
+                slo,
+            };
+            (service.clone(), series)
+        })
+        .collect()
 }
 
 /// Coverage is sticky: what a service was once seen sending, it keeps.
@@ -398,7 +433,7 @@ fn merge_coverage(a: &Coverage, b: &Coverage) -> Coverage {
 
 /// The time range whose buckets new facts change: from the earliest start
 /// to the latest end.
-fn touched_range(f: &Facts) -> Option<(u64, u64)> {
+pub(crate) fn touched_range(f: &Facts) -> Option<(u64, u64)> {
     let starts = f
         .requests
         .iter()

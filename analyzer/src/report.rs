@@ -8,7 +8,10 @@ use crate::config::{AnalysisConfig, SloConfig};
 use crate::detect::{self, ServiceInput};
 use crate::incident::{InputSummary, Report, SCHEMA_VERSION, ServiceSummary};
 use crate::model::{Batch, LogMarker, MetricPoint};
-use crate::shape::TraceAssembler;
+use crate::live::SpanBuckets;
+use crate::model::Sym;
+use crate::shape::{Facts, TraceAssembler};
+use std::collections::HashMap;
 use crate::signals::{self, ServiceSeries, SignalError};
 use crate::slo::{BurnSeries, budget_consumed, burn_rate};
 
@@ -38,6 +41,32 @@ impl Analyzer {
             assembler: TraceAssembler::new(self.config.clone()),
             points: Vec::new(),
             markers: Vec::new(),
+            bound: None,
+        }
+    }
+
+    /// A session whose per-request facts stay within `max_fact_bytes`
+    /// (looked at every `check_every` spans): past it, the buckets of the
+    /// complete part of the data are built and its facts dropped. The series (and so detection) are the same as an
+    /// unbounded session's; the evidence then needs a second pass over the
+    /// input ([`Signals::evidence_plan`]).
+    pub fn bounded_session(&self, max_fact_bytes: usize, check_every: usize) -> Session {
+        Session {
+            bound: Some(Bound {
+                max_fact_bytes,
+                check_every: check_every.max(1),
+                facts: Facts {
+                    min_time: u64::MAX,
+                    ..Facts::default()
+                },
+                spans: HashMap::new(),
+                longest: 0,
+                built_to: 0,
+                evicted_to: 0,
+                compacted: false,
+                since: 0,
+            }),
+            ..self.session()
         }
     }
 
@@ -60,21 +89,53 @@ impl Analyzer {
 
 /// One analysis over streamed input: spans are reduced to facts as their
 /// traces complete, so memory follows the number of requests in flight in
-/// the data, not the size of the input.
+/// the data, plus the facts kept (all of them, or a bounded part).
 pub struct Session {
     analyzer: Analyzer,
     assembler: TraceAssembler,
     points: Vec<MetricPoint>,
     markers: Vec<LogMarker>,
+    bound: Option<Bound>,
 }
+
+/// A bounded session's state: facts merged as traces complete, and the
+/// span buckets built so far (as a live analysis keeps them).
+struct Bound {
+    max_fact_bytes: usize,
+    check_every: usize,
+    facts: Facts,
+    spans: HashMap<Sym, SpanBuckets>,
+    /// Longest recompute or database operation seen: facts this long before
+    /// a bucket can reach it.
+    longest: u64,
+    /// Buckets before this time are built.
+    built_to: u64,
+    /// Rows before this time may have been dropped.
+    evicted_to: u64,
+    compacted: bool,
+    since: usize,
+}
+
+/// Spans between two looks at a bounded session's memory (the CLI's), and
+/// between two filterings of an evidence pass.
+pub const COMPACT_EVERY: usize = 1 << 19;
 
 impl Session {
     pub fn push(&mut self, batch: Batch) {
+        let n = batch.spans.len();
         for s in batch.spans {
             self.assembler.push(s);
         }
         self.points.extend(batch.points);
         self.markers.extend(batch.markers);
+        if let Some(b) = &mut self.bound {
+            b.since += n;
+            if b.since >= b.check_every {
+                b.since = 0;
+                b.take(&mut self.assembler, &self.analyzer);
+                b.compact(&self.assembler, &self.analyzer);
+            }
+        }
     }
 
     pub fn finish(self) -> Result<Report, SignalError> {
@@ -86,20 +147,139 @@ impl Session {
     pub fn signals(self) -> Result<Signals, SignalError> {
         let Session {
             analyzer,
-            assembler,
+            mut assembler,
             points,
             markers,
+            bound,
         } = self;
-        let mut facts = assembler.finish();
-        facts.markers.extend(detect::log_markers(&markers));
-        let series = signals::build(&facts, &points, &analyzer.config, &analyzer.slos)?;
+        let (facts, series, partial) = match bound {
+            Some(mut b) if b.compacted => {
+                assembler.flush();
+                b.take(&mut assembler, &analyzer);
+                b.built_to = b.built_to.min(b.facts.max_time);
+                b.rebuild(b.built_to, b.facts.max_time, &analyzer)?;
+                let mut facts = b.facts;
+                facts.derive_markers();
+                facts.markers.extend(detect::log_markers(&markers));
+                let width = analyzer.config.bucket_nanos();
+                let (mut lo, mut hi) = (facts.min_time, facts.max_time);
+                for p in &points {
+                    lo = lo.min(p.time_unix_nano);
+                    hi = hi.max(p.time_unix_nano);
+                }
+                let t0 = lo / width * width;
+                let n = ((hi - t0) / width + 1) as usize;
+                let spans = crate::live::dense_series(&b.spans, t0, n, &analyzer);
+                let series = signals::with_metrics(
+                    spans,
+                    &points,
+                    t0,
+                    n,
+                    &analyzer.config,
+                    &analyzer.slos,
+                );
+                (facts, series, true)
+            }
+            Some(mut b) => {
+                // Within the budget: the facts it merged, as a whole.
+                assembler.flush();
+                b.take(&mut assembler, &analyzer);
+                let mut facts = b.facts;
+                if facts.min_time == u64::MAX {
+                    facts.min_time = 0;
+                }
+                facts.derive_markers();
+                facts.markers.extend(detect::log_markers(&markers));
+                let series = signals::build(&facts, &points, &analyzer.config, &analyzer.slos)?;
+                (facts, series, false)
+            }
+            None => {
+                let mut facts = assembler.finish();
+                facts.markers.extend(detect::log_markers(&markers));
+                let series = signals::build(&facts, &points, &analyzer.config, &analyzer.slos)?;
+                (facts, series, false)
+            }
+        };
         Ok(Signals {
             analyzer,
             facts,
             series,
             metric_points: points.len() as u64,
             log_markers: markers.len() as u64,
+            partial,
         })
+    }
+}
+
+impl Bound {
+    /// Merge what the assembler completed.
+    fn take(&mut self, assembler: &mut TraceAssembler, analyzer: &Analyzer) {
+        let new = assembler.take_facts();
+        for (s, e) in new
+            .recomputes
+            .iter()
+            .map(|r| (r.start, r.end))
+            .chain(new.db_ops.iter().map(|d| (d.start, d.end)))
+        {
+            self.longest = self.longest.max(e.saturating_sub(s));
+        }
+        let touched = crate::live::touched_range(&new);
+        self.facts.merge(new);
+        // Facts of a trace that completed late, in buckets already built:
+        // rebuilt where every fact that reaches them is still held.
+        if self.compacted
+            && let Some((from, to)) = touched
+            && from < self.built_to
+        {
+            let lo = from.max(self.evicted_to.saturating_add(self.longest));
+            let hi = to.min(self.built_to - 1);
+            if lo <= hi {
+                let _ = self.rebuild(lo, hi, analyzer);
+            }
+        }
+    }
+
+    fn rebuild(&mut self, from: u64, to: u64, analyzer: &Analyzer) -> Result<(), SignalError> {
+        crate::live::rebuild_span_buckets(
+            &mut self.spans,
+            &self.facts,
+            from,
+            to,
+            self.longest,
+            analyzer,
+        )?;
+        Ok(())
+    }
+
+    /// Over budget: build the buckets of the complete part of the data (no
+    /// pending trace starts there) and drop the facts only they needed.
+    fn compact(&mut self, assembler: &TraceAssembler, analyzer: &Analyzer) {
+        if self.facts.approx_bytes() <= self.max_fact_bytes {
+            return;
+        }
+        let width = analyzer.config.bucket_nanos();
+        let watermark = assembler.watermark();
+        let complete = assembler
+            .pending_from()
+            .unwrap_or(watermark)
+            .min(watermark.saturating_sub(assembler.grace()))
+            / width
+            * width;
+        let from = if self.compacted {
+            self.built_to
+        } else {
+            self.facts.min_time / width * width
+        };
+        if complete <= from || self.facts.spans == 0 {
+            return;
+        }
+        if self.rebuild(from, complete - 1, analyzer).is_err() {
+            return; // keep the facts: signals() reports the error
+        }
+        self.built_to = complete;
+        self.compacted = true;
+        self.evicted_to = complete.saturating_sub(self.longest);
+        self.facts.evict_rows_before(self.evicted_to);
     }
 }
 
@@ -110,9 +290,242 @@ pub struct Signals {
     series: Vec<ServiceSeries>,
     metric_points: u64,
     log_markers: u64,
+    /// A bounded session dropped facts: the evidence needs a second pass.
+    partial: bool,
+}
+
+/// Where the evidence of a bounded session's incidents lies: for each
+/// episode, the window detection reads whole (from the lead tolerance
+/// before it to its end), the baseline period before it that the replay's
+/// baselines read (recompute and request durations), and the markers a
+/// warm-up would replay the keys before.
+#[derive(Debug, Clone)]
+pub struct EvidencePlan {
+    windows: Vec<(u64, u64)>,
+    baselines: Vec<(u64, u64)>,
+    /// (window, marker time): keys looked up in the hour before it.
+    markers: Vec<(usize, u64)>,
+}
+
+impl EvidencePlan {
+    fn inside(&self, t: u64) -> bool {
+        self.windows.iter().any(|&(a, b)| t >= a && t < b)
+    }
+
+    fn baseline_of(&self, t: u64) -> Option<usize> {
+        self.baselines.iter().position(|&(a, b)| t >= a && t < b)
+    }
+
+    /// The windows (data time, [from, to)).
+    pub fn windows(&self) -> &[(u64, u64)] {
+        &self.windows
+    }
+
+    /// A second pass keeping at most `baseline_requests` requests of each
+    /// baseline period (a deterministic sample: the same input keeps the
+    /// same ones; all of them when there are fewer).
+    pub fn session(&self, analyzer: &Analyzer, baseline_requests: usize) -> EvidenceSession {
+        EvidenceSession {
+            assembler: TraceAssembler::new(analyzer.config.clone()),
+            kept: Facts::default(),
+            last_fill: vec![HashMap::new(); self.windows.len()],
+            seen_keys: vec![HashMap::new(); self.markers.len()],
+            sampled: vec![std::collections::BinaryHeap::new(); self.baselines.len()],
+            baseline_requests,
+            plan: self.clone(),
+            since: 0,
+        }
+    }
+}
+
+/// A request fact ordered by a hash of its trace id (bottom-k sampling).
+#[derive(Debug, Clone)]
+struct Sampled(u64, crate::shape::RequestFact);
+
+impl PartialEq for Sampled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0, self.1.trace_id) == (o.0, o.1.trace_id)
+    }
+}
+impl Eq for Sampled {}
+impl PartialOrd for Sampled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Sampled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0, self.1.trace_id).cmp(&(o.0, o.1.trace_id))
+    }
+}
+
+fn trace_hash(id: &[u8; 16]) -> u64 {
+    let mut h = u64::from_le_bytes(id[..8].try_into().unwrap_or_default())
+        ^ u64::from_le_bytes(id[8..].try_into().unwrap_or_default()).rotate_left(29);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// The second pass of a bounded analysis: the same input again, keeping
+/// the facts inside the plan's windows, the recomputes and a sample of the
+/// requests of their baseline periods, the last fill of each key before a
+/// window (a synchronized expiry is told by when its keys were filled) and
+/// the keys seen in the hour before a marker.
+pub struct EvidenceSession {
+    assembler: TraceAssembler,
+    plan: EvidencePlan,
+    kept: Facts,
+    last_fill: Vec<HashMap<(Sym, Sym), u64>>,
+    seen_keys: Vec<HashMap<(Sym, Sym), u64>>,
+    sampled: Vec<std::collections::BinaryHeap<Sampled>>,
+    baseline_requests: usize,
+    since: usize,
+}
+
+impl EvidenceSession {
+    pub fn push(&mut self, batch: Batch) {
+        self.since += batch.spans.len();
+        for s in batch.spans {
+            self.assembler.push(s);
+        }
+        if self.since >= COMPACT_EVERY {
+            self.since = 0;
+            self.keep();
+        }
+    }
+
+    fn keep(&mut self) {
+        let mut new = self.assembler.take_facts();
+        let plan = &self.plan;
+        for f in &new.fills {
+            if plan.inside(f.t) {
+                continue;
+            }
+            for (i, &(from, _)) in plan.windows.iter().enumerate() {
+                if f.t < from {
+                    let e = self.last_fill[i]
+                        .entry((f.service.clone(), f.key.clone()))
+                        .or_insert(f.t);
+                    *e = (*e).max(f.t);
+                }
+            }
+        }
+        for l in &new.lookups {
+            for (m, &(_, t)) in plan.markers.iter().enumerate() {
+                if l.t < t && l.t + 3_600_000_000_000 >= t && !plan.inside(l.t) {
+                    let e = self.seen_keys[m]
+                        .entry((l.service.clone(), l.key.clone()))
+                        .or_insert(l.t);
+                    *e = (*e).max(l.t);
+                }
+            }
+        }
+        for r in std::mem::take(&mut new.requests) {
+            if plan.inside(r.start) {
+                self.kept.requests.push(r);
+            } else if let Some(i) = plan.baseline_of(r.start)
+                && !r.missed
+            {
+                let heap = &mut self.sampled[i];
+                heap.push(Sampled(trace_hash(&r.trace_id), r));
+                if heap.len() > self.baseline_requests {
+                    heap.pop();
+                }
+            }
+        }
+        let mut recomputes = std::mem::take(&mut new.recomputes);
+        recomputes.retain(|r| plan.inside(r.start) || plan.baseline_of(r.start).is_some());
+        new.retain_rows(|t| plan.inside(t), |_| false, |_| false);
+        self.kept.lookups.append(&mut new.lookups);
+        self.kept.recomputes.append(&mut recomputes);
+        self.kept.db_ops.append(&mut new.db_ops);
+        self.kept.fills.append(&mut new.fills);
+    }
+
+    /// The kept facts, with one fill per key at its last fill before each
+    /// window and one lookup per key seen before each marker.
+    pub fn finish(mut self) -> Facts {
+        self.assembler.flush();
+        self.keep();
+        let mut kept = self.kept;
+        for heap in self.sampled {
+            kept.requests.extend(heap.into_iter().map(|s| s.1));
+        }
+        for map in self.last_fill {
+            for ((service, key), t) in map {
+                kept.fills.push(crate::shape::FillFact { service, key, t });
+            }
+        }
+        for map in self.seen_keys {
+            for ((service, key), t) in map {
+                kept.lookups.push(crate::shape::LookupFact {
+                    group: key.clone(),
+                    service,
+                    t,
+                    key,
+                    outcome: crate::shape::Outcome::Hit,
+                    evidence: crate::shape::Evidence::Attribute,
+                    group_only: false,
+                });
+            }
+        }
+        kept.sort_by_time();
+        kept
+    }
 }
 
 impl Signals {
+    /// When the session was bounded and dropped facts: the second pass the
+    /// evidence needs.
+    pub fn evidence_plan(&self) -> Option<EvidencePlan> {
+        if !self.partial {
+            return None;
+        }
+        let config = &self.analyzer.config;
+        let width = config.bucket_nanos();
+        let tol = ((config.lead_tolerance_seconds / config.bucket_seconds).round() as u64).max(1);
+        let baseline = (config.baseline_seconds * 1e9) as u64;
+        let mut windows = Vec::new();
+        let mut baselines = Vec::new();
+        let mut markers = Vec::new();
+        for s in &self.series {
+            let f = detect::flags(s, config);
+            for ep in detect::episodes(&f, config) {
+                let from = s.time_of(ep.start).saturating_sub(tol * width + width);
+                let to = s.time_of(ep.end) + width;
+                let i = windows.len();
+                windows.push((from, to));
+                baselines.push((from.saturating_sub(baseline + width), from));
+                let onset = s.time_of(ep.start);
+                let m_from =
+                    onset.saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
+                let m_to = s.time_of(ep.end) + tol * width;
+                for m in &self.facts.markers {
+                    if m.service == s.service && m.t >= m_from && m.t <= m_to {
+                        markers.push((i, m.t));
+                    }
+                }
+            }
+        }
+        Some(EvidencePlan {
+            windows,
+            baselines,
+            markers,
+        })
+    }
+
+    /// Put the second pass's facts in place of the rows the first dropped.
+    pub fn with_evidence(&mut self, kept: Facts) {
+        let f = &mut self.facts;
+        f.requests = kept.requests;
+        f.lookups = kept.lookups;
+        f.recomputes = kept.recomputes;
+        f.db_ops = kept.db_ops;
+        f.fills = kept.fills;
+        self.partial = false;
+    }
+
     /// Every service's bucket series.
     pub fn series(&self) -> &[ServiceSeries] {
         &self.series

@@ -195,6 +195,7 @@ impl Facts {
             let e = self.cache_nodes.entry(k).or_insert(t);
             *e = (*e).min(t);
         }
+        self.markers.extend(new.markers);
         self.spans += new.spans;
         self.traces += new.traces;
         self.attribute_lookups += new.attribute_lookups;
@@ -222,13 +223,34 @@ impl Facts {
     /// Forget facts (and versions last seen) before `t`. The removal is
     /// amortised: a kind of fact is trimmed once enough of it is old.
     pub fn evict_before(&mut self, t: u64) {
+        self.evict_rows_before(t);
+        self.versions.retain(|_, (_, last)| *last >= t);
+        self.min_time = self.min_time.max(t);
+    }
+
+    /// Forget the per-request rows before `t` (amortised, as
+    /// [`Facts::evict_before`]); versions, markers and counts stay.
+    pub fn evict_rows_before(&mut self, t: u64) {
         evict_sorted(&mut self.requests, |r| r.start, t);
         evict_sorted(&mut self.lookups, |l| l.t, t);
         evict_sorted(&mut self.recomputes, |r| r.start, t);
         evict_sorted(&mut self.db_ops, |d| d.start, t);
         evict_sorted(&mut self.fills, |f| f.t, t);
-        self.versions.retain(|_, (_, last)| *last >= t);
-        self.min_time = self.min_time.max(t);
+    }
+
+    /// Keep the rows whose time `keep` accepts (lookups and fills also get
+    /// their own tests); versions, markers and counts stay.
+    pub fn retain_rows(
+        &mut self,
+        keep: impl Fn(u64) -> bool,
+        keep_lookup: impl Fn(&LookupFact) -> bool,
+        keep_fill: impl Fn(&FillFact) -> bool,
+    ) {
+        self.requests.retain(|r| keep(r.start));
+        self.recomputes.retain(|r| keep(r.start));
+        self.db_ops.retain(|d| keep(d.start));
+        self.lookups.retain(|l| keep(l.t) || keep_lookup(l));
+        self.fills.retain(|f| keep(f.t) || keep_fill(f));
     }
 
     /// Turn deploys seen as new `service.version` / `service.instance.id`
@@ -365,6 +387,11 @@ impl TraceAssembler {
     /// Newest span end seen.
     pub fn watermark(&self) -> u64 {
         self.watermark
+    }
+
+    /// How long after the watermark a trace without a root is complete.
+    pub fn grace(&self) -> u64 {
+        self.grace
     }
 
     /// Traces still waiting for spans.

@@ -90,6 +90,11 @@ pub struct AnalyzeArgs {
     /// trace assembly, frames, detection.
     #[arg(long)]
     pub timings: bool,
+    /// Memory for per-request facts (MiB). A larger input is analysed in
+    /// two passes: the first builds the series and drops facts as it goes,
+    /// the second keeps only the incidents' evidence. 0: no bound.
+    #[arg(long, value_name = "MIB", default_value_t = 384)]
+    pub fact_mib: usize,
 }
 
 /// The process's peak resident set so far (Linux), in MiB.
@@ -99,6 +104,10 @@ fn peak_rss_mib() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
 }
+
+/// Requests of each incident's baseline period that a second (evidence)
+/// pass keeps: the replay's baseline request time is their median.
+const BASELINE_SAMPLE: usize = 20_000;
 
 /// Decoded batches waiting for the assembly thread.
 const ANALYZE_QUEUE: usize = 64;
@@ -121,6 +130,34 @@ fn read_all<'a>(
             Ok((path, stats))
         })
         .collect()
+}
+
+/// Read `args.files` on this thread and push the batches to `sink` on
+/// another (a bounded channel between): the per-file statistics, and the
+/// time the sink was busy.
+fn read_into<'a>(
+    args: &'a AnalyzeArgs,
+    decoder: &Decoder,
+    sink: &mut (dyn FnMut(Batch) + Send),
+) -> (
+    anyhow::Result<Vec<(&'a PathBuf, files::ReadStats)>>,
+    Duration,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(ANALYZE_QUEUE);
+    std::thread::scope(|scope| {
+        let assembler = scope.spawn(move || {
+            let mut busy = Duration::ZERO;
+            for batch in rx {
+                let t = Instant::now();
+                sink(batch);
+                busy += t.elapsed();
+            }
+            busy
+        });
+        let read = read_all(&args.files, decoder, args.strict, &tx);
+        drop(tx);
+        (read, assembler.join().expect("the assembly thread panicked"))
+    })
 }
 
 /// Usage or input errors exit 2.
@@ -234,29 +271,14 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let config = Config::build(raw, &Overrides::default()).map_err(|e| BadInput(e.to_string()))?;
     let analyzer = Analyzer::new(config.analysis.clone(), config.slos.clone());
     let decoder = Decoder::new(Arc::new(Interner::default()));
-    let mut session = analyzer.session();
+    let mut session = if args.fact_mib == 0 {
+        analyzer.session()
+    } else {
+        analyzer.bounded_session(args.fact_mib << 20, herdwatch_analyzer::report::COMPACT_EVERY)
+    };
     let mut warnings = Vec::new();
-    // Two stages on two threads: this one reads and decodes, the other
-    // assembles traces; a bounded channel between them.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(ANALYZE_QUEUE);
     let started = Instant::now();
-    let (read, (session, assembly)) = std::thread::scope(|scope| {
-        let assembler = scope.spawn(move || {
-            let mut busy = Duration::ZERO;
-            for batch in rx {
-                let t = Instant::now();
-                session.push(batch);
-                busy += t.elapsed();
-            }
-            (session, busy)
-        });
-        let read = read_all(&args.files, &decoder, args.strict, &tx);
-        drop(tx);
-        (
-            read,
-            assembler.join().expect("the assembly thread panicked"),
-        )
-    });
+    let (read, assembly) = read_into(args, &decoder, &mut |b| session.push(b));
     let all_read = started.elapsed();
     let rss_read = peak_rss_mib();
     for (path, stats) in read? {
@@ -277,9 +299,19 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
         }
     }
     let t = Instant::now();
-    let signals = session.signals()?;
+    let mut signals = session.signals()?;
     let frames = t.elapsed();
     let rss_frames = peak_rss_mib();
+    // Bounded and over the budget: the evidence from a second pass.
+    let mut second = None;
+    if let Some(plan) = signals.evidence_plan() {
+        let t = Instant::now();
+        let mut evidence = plan.session(&analyzer, BASELINE_SAMPLE);
+        let (again, _) = read_into(args, &decoder, &mut |b| evidence.push(b));
+        again?;
+        signals.with_evidence(evidence.finish());
+        second = Some((t.elapsed(), plan.windows().len()));
+    }
     let t = Instant::now();
     let mut report = signals.report();
     let detection = t.elapsed();
@@ -287,6 +319,12 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     // by one would only cost time.
     std::mem::forget(signals);
     if args.timings {
+        if let Some((d, windows)) = second {
+            eprintln!(
+                "timings: second pass for the evidence of {windows} window(s) {:.2} s",
+                d.as_secs_f64()
+            );
+        }
         eprintln!(
             "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s; peak RSS {} MiB after reading, {} MiB after frames",
             all_read.as_secs_f64(),

@@ -168,6 +168,47 @@ fn every_committed_sample_gets_its_verdict_and_its_golden_report() {
     );
 }
 
+/// `analyze`'s bounded path: a fact budget far below what the capture
+/// needs, so the first pass builds buckets and drops facts as it goes, then
+/// a second pass over the file keeps the evidence windows' facts only.
+fn analyse_file_bounded(path: &Path, fact_bytes: usize) -> (Report, Option<usize>) {
+    let decoder = Decoder::new(Arc::new(Interner::default()));
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let mut session = analyzer.bounded_session(fact_bytes, 2048);
+    read_file(path, &decoder, true, &mut |b| session.push(b)).expect("read");
+    let mut signals = session.signals().expect("signals");
+    let Some(plan) = signals.evidence_plan() else {
+        return (signals.report(), None);
+    };
+    let mut evidence = plan.session(&analyzer, usize::MAX);
+    read_file(path, &decoder, true, &mut |b| evidence.push(b)).expect("read again");
+    signals.with_evidence(evidence.finish());
+    (signals.report(), Some(plan.windows().len()))
+}
+
+/// Every committed sample, with 64 KiB of facts at a time (two passes), and
+/// within a budget it does not reach (one): the same report as the
+/// unbounded analysis, field for field.
+#[test]
+fn a_bounded_analysis_in_two_passes_gives_the_same_reports() {
+    for s in Scenario::ALL {
+        let (path, _) = committed(s);
+        let whole = analyse_file(&path);
+        let (bounded, windows) = analyse_file_bounded(&path, 64 << 10);
+        let windows = windows.unwrap_or_else(|| panic!("{}: two passes", s.name()));
+        assert!(windows >= whole.incidents.len(), "{}", s.name());
+        let (b, w) = (golden_form(&bounded), golden_form(&whole));
+        if b != w {
+            let out = std::env::temp_dir().join(format!("{}.bounded.json", s.name()));
+            std::fs::write(&out, &b).unwrap();
+            panic!("{}: the bounded report differs: {}", s.name(), out.display());
+        }
+        let (within, windows) = analyse_file_bounded(&path, 1 << 30);
+        assert_eq!(windows, None, "within the budget: one pass");
+        assert_eq!(golden_form(&within), golden_form(&whole), "{}", s.name());
+    }
+}
+
 #[test]
 fn protobuf_captures_give_the_same_report_as_json() {
     let capture = Capture::new(Scenario::SynchronizedExpiry, 7);
