@@ -7,13 +7,13 @@ use std::sync::Arc;
 use crate::config::{AnalysisConfig, SloConfig};
 use crate::detect::{self, ServiceInput};
 use crate::incident::{InputSummary, Report, SCHEMA_VERSION, ServiceSummary};
-use crate::model::{Batch, LogMarker, MetricPoint};
 use crate::live::SpanBuckets;
 use crate::model::Sym;
+use crate::model::{Batch, LogMarker, MetricPoint};
 use crate::shape::{Facts, TraceAssembler};
-use std::collections::HashMap;
 use crate::signals::{self, ServiceSeries, SignalError};
 use crate::slo::{BurnSeries, budget_consumed, burn_rate};
+use std::collections::HashMap;
 
 /// Analysis settings shared by every session.
 #[derive(Debug, Clone)]
@@ -170,14 +170,8 @@ impl Session {
                 let t0 = lo / width * width;
                 let n = ((hi - t0) / width + 1) as usize;
                 let spans = crate::live::dense_series(&b.spans, t0, n, &analyzer);
-                let series = signals::with_metrics(
-                    spans,
-                    &points,
-                    t0,
-                    n,
-                    &analyzer.config,
-                    &analyzer.slos,
-                );
+                let series =
+                    signals::with_metrics(spans, &points, t0, n, &analyzer.config, &analyzer.slos);
                 (facts, series, true)
             }
             Some(mut b) => {
@@ -498,8 +492,7 @@ impl Signals {
                 windows.push((from, to));
                 baselines.push((from.saturating_sub(baseline + width), from));
                 let onset = s.time_of(ep.start);
-                let m_from =
-                    onset.saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
+                let m_from = onset.saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
                 let m_to = s.time_of(ep.end) + tol * width;
                 for m in &self.facts.markers {
                     if m.service == s.service && m.t >= m_from && m.t <= m_to {

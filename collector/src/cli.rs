@@ -156,7 +156,10 @@ fn read_into<'a>(
         });
         let read = read_all(&args.files, decoder, args.strict, &tx);
         drop(tx);
-        (read, assembler.join().expect("the assembly thread panicked"))
+        (
+            read,
+            assembler.join().expect("the assembly thread panicked"),
+        )
     })
 }
 
@@ -274,7 +277,10 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let mut session = if args.fact_mib == 0 {
         analyzer.session()
     } else {
-        analyzer.bounded_session(args.fact_mib << 20, herdwatch_analyzer::report::COMPACT_EVERY)
+        analyzer.bounded_session(
+            args.fact_mib << 20,
+            herdwatch_analyzer::report::COMPACT_EVERY,
+        )
     };
     let mut warnings = Vec::new();
     let started = Instant::now();

@@ -201,7 +201,11 @@ fn a_bounded_analysis_in_two_passes_gives_the_same_reports() {
         if b != w {
             let out = std::env::temp_dir().join(format!("{}.bounded.json", s.name()));
             std::fs::write(&out, &b).unwrap();
-            panic!("{}: the bounded report differs: {}", s.name(), out.display());
+            panic!(
+                "{}: the bounded report differs: {}",
+                s.name(),
+                out.display()
+            );
         }
         let (within, windows) = analyse_file_bounded(&path, 1 << 30);
         assert_eq!(windows, None, "within the budget: one pass");
