@@ -219,12 +219,22 @@ pub struct ServiceInput<'a> {
 
 /// Detect the incidents of one service.
 pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
+    detect_where(input, &flags(input.series, input.config), |_| true)
+}
+
+/// Detect the incidents of the episodes `only` accepts, with the series'
+/// flags already computed (a bounded analysis decides each episode once
+/// its evidence is in).
+pub fn detect_where(
+    input: &ServiceInput<'_>,
+    f: &Flags,
+    only: impl Fn(&Episode) -> bool,
+) -> Vec<Incident> {
     let ServiceInput {
         series,
         facts,
         config,
     } = input;
-    let f = flags(series, config);
     let bs = config.bucket_seconds;
     let n = series.buckets.len();
     let tol = ((config.lead_tolerance_seconds / bs).round() as usize).max(1);
@@ -242,7 +252,7 @@ pub fn detect(input: &ServiceInput<'_>) -> Vec<Incident> {
     let total_requests: f64 = series.buckets.iter().map(|b| b.requests).sum();
     let rps = total_requests / (n as f64 * bs).max(bs);
     let mut out = Vec::new();
-    for ep in episodes(&f, config) {
+    for ep in episodes(f, config).into_iter().filter(|e| only(e)) {
         let burst = first_run(
             &f.burst,
             &f.strong,

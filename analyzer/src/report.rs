@@ -63,6 +63,7 @@ impl Analyzer {
                 longest: 0,
                 built_to: 0,
                 evicted_to: 0,
+                evicted: false,
                 compacted: false,
                 since: 0,
             }),
@@ -112,6 +113,8 @@ struct Bound {
     built_to: u64,
     /// Rows before this time may have been dropped.
     evicted_to: u64,
+    /// Facts were dropped: the evidence needs a second pass.
+    evicted: bool,
     compacted: bool,
     since: usize,
 }
@@ -161,6 +164,16 @@ impl Session {
                 let mut facts = b.facts;
                 facts.derive_markers();
                 facts.markers.extend(detect::log_markers(&markers));
+                if b.evicted {
+                    // Only markers, versions and counts are read from here
+                    // on: the second pass brings the evidence.
+                    facts.retain_rows(|_| false, |_| false, |_| false);
+                    facts.requests.shrink_to_fit();
+                    facts.lookups.shrink_to_fit();
+                    facts.recomputes.shrink_to_fit();
+                    facts.db_ops.shrink_to_fit();
+                    facts.fills.shrink_to_fit();
+                }
                 let width = analyzer.config.bucket_nanos();
                 let (mut lo, mut hi) = (facts.min_time, facts.max_time);
                 for p in &points {
@@ -172,7 +185,7 @@ impl Session {
                 let spans = crate::live::dense_series(&b.spans, t0, n, &analyzer);
                 let series =
                     signals::with_metrics(spans, &points, t0, n, &analyzer.config, &analyzer.slos);
-                (facts, series, true)
+                (facts, series, b.evicted)
             }
             Some(mut b) => {
                 // Within the budget: the facts it merged, as a whole.
@@ -245,12 +258,11 @@ impl Bound {
         Ok(())
     }
 
-    /// Over budget: build the buckets of the complete part of the data (no
-    /// pending trace starts there) and drop the facts only they needed.
+    /// Build the buckets of the complete part of the data (no pending trace
+    /// starts there): the series grow a piece at a time, never as one plan
+    /// over every fact. Over budget, drop the facts only those buckets
+    /// needed.
     fn compact(&mut self, assembler: &TraceAssembler, analyzer: &Analyzer) {
-        if self.facts.approx_bytes() <= self.max_fact_bytes {
-            return;
-        }
         let width = analyzer.config.bucket_nanos();
         let watermark = assembler.watermark();
         let complete = assembler
@@ -272,8 +284,11 @@ impl Bound {
         }
         self.built_to = complete;
         self.compacted = true;
-        self.evicted_to = complete.saturating_sub(self.longest);
-        self.facts.evict_rows_before(self.evicted_to);
+        if self.facts.approx_bytes() > self.max_fact_bytes {
+            self.evicted = true;
+            self.evicted_to = complete.saturating_sub(self.longest);
+            self.facts.evict_rows_before(self.evicted_to);
+        }
     }
 }
 
@@ -289,44 +304,120 @@ pub struct Signals {
 }
 
 /// Where the evidence of a bounded session's incidents lies: for each
-/// episode, the window detection reads whole (from the lead tolerance
-/// before it to its end), the baseline period before it that the replay's
-/// baselines read (recompute and request durations), and the markers a
-/// warm-up would replay the keys before.
+/// episode of each service, the window detection reads whole (from the lead
+/// tolerance before it to its end), the baseline period before it that the
+/// replay's baselines read (recompute and request durations), and the
+/// markers a warm-up would replay the keys before.
 #[derive(Debug, Clone)]
 pub struct EvidencePlan {
-    windows: Vec<(u64, u64)>,
-    baselines: Vec<(u64, u64)>,
-    /// (window, marker time): keys looked up in the hour before it.
-    markers: Vec<(usize, u64)>,
+    analyzer: Analyzer,
+    windows: Vec<Window>,
+    series: Vec<ServiceSeries>,
+    flags: Vec<detect::Flags>,
+    markers: Vec<crate::shape::MarkerFact>,
+    versions: HashMap<(Sym, Sym, Sym), (u64, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    series: usize,
+    episode: detect::Episode,
+    main: (u64, u64),
+    baseline: (u64, u64),
+    /// Markers whose hour before a warm-up would replay.
+    markers: Vec<u64>,
+}
+
+impl Window {
+    fn service<'a>(&self, plan: &'a EvidencePlan) -> &'a Sym {
+        &plan.series[self.series].service
+    }
+}
+
+/// Intervals sorted by start, for "which one holds t" by binary search
+/// (overlapping ones merged when asked).
+#[derive(Debug, Clone, Default)]
+struct Spans(Vec<(u64, u64, usize)>);
+
+impl Spans {
+    fn new(mut v: Vec<(u64, u64, usize)>, merge: bool) -> Self {
+        v.sort();
+        if merge {
+            let mut out: Vec<(u64, u64, usize)> = Vec::new();
+            for (a, b, i) in v {
+                match out.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => out.push((a, b, i)),
+                }
+            }
+            v = out;
+        }
+        Self(v)
+    }
+
+    /// An interval holding `t` (among the latest-starting ones at or
+    /// before it).
+    fn find(&self, t: u64) -> Option<usize> {
+        let n = self.0.partition_point(|&(a, _, _)| a <= t);
+        self.0[..n]
+            .iter()
+            .rev()
+            .take(8)
+            .find(|&&(_, b, _)| t < b)
+            .map(|&(_, _, i)| i)
+    }
 }
 
 impl EvidencePlan {
-    fn inside(&self, t: u64) -> bool {
-        self.windows.iter().any(|&(a, b)| t >= a && t < b)
-    }
-
-    fn baseline_of(&self, t: u64) -> Option<usize> {
-        self.baselines.iter().position(|&(a, b)| t >= a && t < b)
+    fn index(&self) -> (HashMap<Sym, Spans>, HashMap<Sym, Spans>) {
+        let mut mains: HashMap<Sym, Vec<(u64, u64, usize)>> = HashMap::new();
+        let mut bases: HashMap<Sym, Vec<(u64, u64, usize)>> = HashMap::new();
+        for (i, w) in self.windows.iter().enumerate() {
+            let s = w.service(self).clone();
+            mains
+                .entry(s.clone())
+                .or_default()
+                .push((w.main.0, w.main.1, i));
+            bases
+                .entry(s)
+                .or_default()
+                .push((w.baseline.0, w.baseline.1, i));
+        }
+        (
+            mains
+                .into_iter()
+                .map(|(k, v)| (k, Spans::new(v, true)))
+                .collect(),
+            bases
+                .into_iter()
+                .map(|(k, v)| (k, Spans::new(v, false)))
+                .collect(),
+        )
     }
 
     /// The windows (data time, [from, to)).
-    pub fn windows(&self) -> &[(u64, u64)] {
-        &self.windows
+    pub fn windows(&self) -> Vec<(u64, u64)> {
+        self.windows.iter().map(|w| w.main).collect()
     }
 
     /// A second pass keeping at most `baseline_requests` requests of each
     /// baseline period (a deterministic sample: the same input keeps the
     /// same ones; all of them when there are fewer).
-    pub fn session(&self, analyzer: &Analyzer, baseline_requests: usize) -> EvidenceSession {
+    pub fn session(self, baseline_requests: usize) -> EvidenceSession {
+        let n = self.windows.len();
+        let (mains, bases) = self.index();
         EvidenceSession {
-            assembler: TraceAssembler::new(analyzer.config.clone()),
+            assembler: TraceAssembler::new(self.analyzer.config.clone()),
             kept: Facts::default(),
-            last_fill: vec![HashMap::new(); self.windows.len()],
-            seen_keys: vec![HashMap::new(); self.markers.len()],
-            sampled: vec![std::collections::BinaryHeap::new(); self.baselines.len()],
+            mains,
+            bases,
+            fills: HashMap::new(),
+            seen_keys: vec![HashMap::new(); n],
+            sampled: vec![std::collections::BinaryHeap::new(); n],
+            done: vec![false; n],
+            incidents: Vec::new(),
             baseline_requests,
-            plan: self.clone(),
+            plan: self,
             since: 0,
         }
     }
@@ -365,14 +456,22 @@ fn trace_hash(id: &[u8; 16]) -> u64 {
 /// the facts inside the plan's windows, the recomputes and a sample of the
 /// requests of their baseline periods, the last fill of each key before a
 /// window (a synchronized expiry is told by when its keys were filled) and
-/// the keys seen in the hour before a marker.
+/// the keys seen in the hour before a marker. Each window is decided as
+/// soon as no trace that could still add to it is pending, and its facts
+/// go: memory holds the windows open at once, not all of them.
 pub struct EvidenceSession {
     assembler: TraceAssembler,
     plan: EvidencePlan,
     kept: Facts,
-    last_fill: Vec<HashMap<(Sym, Sym), u64>>,
+    mains: HashMap<Sym, Spans>,
+    bases: HashMap<Sym, Spans>,
+    /// Fill times per key: the last one before the earliest undecided
+    /// window, and all after it.
+    fills: HashMap<(Sym, Sym), Vec<u64>>,
     seen_keys: Vec<HashMap<(Sym, Sym), u64>>,
     sampled: Vec<std::collections::BinaryHeap<Sampled>>,
+    done: Vec<bool>,
+    incidents: Vec<crate::incident::Incident>,
     baseline_requests: usize,
     since: usize,
 }
@@ -386,39 +485,46 @@ impl EvidenceSession {
         if self.since >= COMPACT_EVERY {
             self.since = 0;
             self.keep();
+            self.decide(false);
         }
     }
 
     fn keep(&mut self) {
         let mut new = self.assembler.take_facts();
         let plan = &self.plan;
+        let (mains, bases) = (&self.mains, &self.bases);
+        let inside = |s: &Sym, t: u64| mains.get(s).is_some_and(|m| m.find(t).is_some());
+        let baseline_of = |s: &Sym, t: u64| bases.get(s).and_then(|b| b.find(t));
+        // Every fill joins its key's history: a fill inside a window that
+        // was decided (and dropped) still counts for the windows after it.
         for f in &new.fills {
-            if plan.inside(f.t) {
+            let v = self
+                .fills
+                .entry((f.service.clone(), f.key.clone()))
+                .or_default();
+            let at = v.partition_point(|&x| x <= f.t);
+            v.insert(at, f.t);
+        }
+        for (i, w) in plan.windows.iter().enumerate() {
+            if self.done[i] || w.markers.is_empty() {
                 continue;
             }
-            for (i, &(from, _)) in plan.windows.iter().enumerate() {
-                if f.t < from {
-                    let e = self.last_fill[i]
-                        .entry((f.service.clone(), f.key.clone()))
-                        .or_insert(f.t);
-                    *e = (*e).max(f.t);
-                }
-            }
-        }
-        for l in &new.lookups {
-            for (m, &(_, t)) in plan.markers.iter().enumerate() {
-                if l.t < t && l.t + 3_600_000_000_000 >= t && !plan.inside(l.t) {
-                    let e = self.seen_keys[m]
-                        .entry((l.service.clone(), l.key.clone()))
-                        .or_insert(l.t);
-                    *e = (*e).max(l.t);
+            let service = w.service(plan);
+            for &m in &w.markers {
+                for l in new.lookups.iter().filter(|l| &l.service == service) {
+                    if l.t < m && l.t + 3_600_000_000_000 >= m && !inside(service, l.t) {
+                        let e = self.seen_keys[i]
+                            .entry((l.service.clone(), l.key.clone()))
+                            .or_insert(l.t);
+                        *e = (*e).max(l.t);
+                    }
                 }
             }
         }
         for r in std::mem::take(&mut new.requests) {
-            if plan.inside(r.start) {
+            if inside(&r.service, r.start) {
                 self.kept.requests.push(r);
-            } else if let Some(i) = plan.baseline_of(r.start)
+            } else if let Some(i) = baseline_of(&r.service, r.start)
                 && !r.missed
             {
                 let heap = &mut self.sampled[i];
@@ -429,44 +535,140 @@ impl EvidenceSession {
             }
         }
         let mut recomputes = std::mem::take(&mut new.recomputes);
-        recomputes.retain(|r| plan.inside(r.start) || plan.baseline_of(r.start).is_some());
-        new.retain_rows(|t| plan.inside(t), |_| false, |_| false);
-        self.kept.lookups.append(&mut new.lookups);
+        recomputes
+            .retain(|r| inside(&r.service, r.start) || baseline_of(&r.service, r.start).is_some());
         self.kept.recomputes.append(&mut recomputes);
-        self.kept.db_ops.append(&mut new.db_ops);
-        self.kept.fills.append(&mut new.fills);
+        self.kept
+            .lookups
+            .extend(new.lookups.into_iter().filter(|l| inside(&l.service, l.t)));
+        self.kept.db_ops.extend(
+            new.db_ops
+                .into_iter()
+                .filter(|d| inside(&d.service, d.start)),
+        );
+        self.kept
+            .fills
+            .extend(new.fills.into_iter().filter(|f| inside(&f.service, f.t)));
     }
 
-    /// The kept facts, with one fill per key at its last fill before each
-    /// window and one lookup per key seen before each marker.
-    pub fn finish(mut self) -> Facts {
-        self.assembler.flush();
-        self.keep();
-        let mut kept = self.kept;
-        for heap in self.sampled {
-            kept.requests.extend(heap.into_iter().map(|s| s.1));
+    /// Decide every window whose facts are all in (or all of them, at the
+    /// end), then drop the facts no open window needs.
+    fn decide(&mut self, all: bool) {
+        let watermark = self.assembler.watermark();
+        let complete = self
+            .assembler
+            .pending_from()
+            .unwrap_or(watermark)
+            .min(watermark.saturating_sub(self.assembler.grace()));
+        let ready: Vec<usize> = (0..self.plan.windows.len())
+            .filter(|&i| !self.done[i] && (all || self.plan.windows[i].main.1 <= complete))
+            .collect();
+        if ready.is_empty() {
+            return;
         }
-        for map in self.last_fill {
-            for ((service, key), t) in map {
-                kept.fills.push(crate::shape::FillFact { service, key, t });
+        self.kept.sort_by_time();
+        for i in ready {
+            self.decide_window(i);
+            self.done[i] = true;
+        }
+        // What the open windows still read.
+        let floor = (0..self.plan.windows.len())
+            .filter(|&i| !self.done[i])
+            .map(|i| self.plan.windows[i].baseline.0)
+            .min()
+            .unwrap_or(u64::MAX);
+        let first_open = (0..self.plan.windows.len())
+            .filter(|&i| !self.done[i])
+            .map(|i| self.plan.windows[i].main.0)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.fills.retain(|_, v| {
+            let before = v.partition_point(|&t| t < first_open);
+            v.drain(..before.saturating_sub(1));
+            first_open != u64::MAX
+        });
+        let k = &mut self.kept;
+        k.requests.retain(|r| r.start >= floor);
+        k.lookups.retain(|l| l.t >= floor);
+        k.recomputes.retain(|r| r.start >= floor);
+        k.db_ops.retain(|d| d.start >= floor);
+        k.fills.retain(|f| f.t >= floor);
+        for (i, w) in self.plan.windows.iter().enumerate() {
+            if w.baseline.1 <= floor || self.done[i] && w.main.1 <= floor {
+                self.sampled[i].clear();
             }
         }
-        for map in self.seen_keys {
-            for ((service, key), t) in map {
-                kept.lookups.push(crate::shape::LookupFact {
-                    group: key.clone(),
-                    service,
-                    t,
-                    key,
-                    outcome: crate::shape::Outcome::Hit,
-                    evidence: crate::shape::Evidence::Attribute,
-                    group_only: false,
+    }
+
+    fn decide_window(&mut self, i: usize) {
+        let plan = &self.plan;
+        let w = &plan.windows[i];
+        let service = w.service(plan);
+        let (from, to) = (w.baseline.0, w.main.1);
+        let k = &self.kept;
+        let mut f = Facts {
+            requests: shape_window(&k.requests, |r| r.start, from, to),
+            lookups: shape_window(&k.lookups, |l| l.t, from, to),
+            recomputes: shape_window(&k.recomputes, |r| r.start, from, to),
+            db_ops: shape_window(&k.db_ops, |d| d.start, from, to),
+            fills: shape_window(&k.fills, |x| x.t, from, to),
+            markers: plan.markers.clone(),
+            versions: plan.versions.clone(),
+            ..Facts::default()
+        };
+        for heap in &self.sampled {
+            f.requests.extend(
+                heap.iter()
+                    .filter(|s| s.1.start >= from && s.1.start < to && &s.1.service == service)
+                    .map(|s| s.1.clone()),
+            );
+        }
+        for ((svc, key), times) in &self.fills {
+            let before = times.partition_point(|&t| t < w.main.0);
+            if svc == service && before > 0 {
+                f.fills.push(crate::shape::FillFact {
+                    service: svc.clone(),
+                    key: key.clone(),
+                    t: times[before - 1],
                 });
             }
         }
-        kept.sort_by_time();
-        kept
+        for ((service, key), t) in std::mem::take(&mut self.seen_keys[i]) {
+            f.lookups.push(crate::shape::LookupFact {
+                group: key.clone(),
+                service,
+                t,
+                key,
+                outcome: crate::shape::Outcome::Hit,
+                evidence: crate::shape::Evidence::Attribute,
+                group_only: false,
+            });
+        }
+        f.sort_by_time();
+        let episode = w.episode;
+        self.incidents.extend(detect::detect_where(
+            &ServiceInput {
+                series: &plan.series[w.series],
+                facts: &f,
+                config: &plan.analyzer.config,
+            },
+            &plan.flags[w.series],
+            |e| *e == episode,
+        ));
     }
+
+    /// Every window decided: the incidents.
+    pub fn finish(mut self) -> Vec<crate::incident::Incident> {
+        self.assembler.flush();
+        self.keep();
+        self.decide(true);
+        self.incidents
+    }
+}
+
+/// The rows of sorted `v` in [from, to), copied.
+fn shape_window<T: Clone>(v: &[T], key: impl Fn(&T) -> u64, from: u64, to: u64) -> Vec<T> {
+    crate::shape::window(v, key, from, to).to_vec()
 }
 
 impl Signals {
@@ -481,42 +683,41 @@ impl Signals {
         let tol = ((config.lead_tolerance_seconds / config.bucket_seconds).round() as u64).max(1);
         let baseline = (config.baseline_seconds * 1e9) as u64;
         let mut windows = Vec::new();
-        let mut baselines = Vec::new();
-        let mut markers = Vec::new();
-        for s in &self.series {
+        let mut flags = Vec::new();
+        for (si, s) in self.series.iter().enumerate() {
             let f = detect::flags(s, config);
-            for ep in detect::episodes(&f, config) {
-                let from = s.time_of(ep.start).saturating_sub(tol * width + width);
-                let to = s.time_of(ep.end) + width;
-                let i = windows.len();
-                windows.push((from, to));
-                baselines.push((from.saturating_sub(baseline + width), from));
-                let onset = s.time_of(ep.start);
-                let m_from = onset.saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
-                let m_to = s.time_of(ep.end) + tol * width;
-                for m in &self.facts.markers {
-                    if m.service == s.service && m.t >= m_from && m.t <= m_to {
-                        markers.push((i, m.t));
-                    }
-                }
+            for episode in detect::episodes(&f, config) {
+                let from = s.time_of(episode.start).saturating_sub(tol * width + width);
+                let to = s.time_of(episode.end) + width;
+                let m_from = s
+                    .time_of(episode.start)
+                    .saturating_sub((config.cold_marker_window_seconds * 1e9) as u64);
+                let m_to = to + tol * width;
+                let markers = self
+                    .facts
+                    .markers
+                    .iter()
+                    .filter(|m| m.service == s.service && m.t >= m_from && m.t <= m_to)
+                    .map(|m| m.t)
+                    .collect();
+                windows.push(Window {
+                    series: si,
+                    episode,
+                    main: (from, to),
+                    baseline: (from.saturating_sub(baseline + width), from),
+                    markers,
+                });
             }
+            flags.push(f);
         }
         Some(EvidencePlan {
+            analyzer: self.analyzer.clone(),
             windows,
-            baselines,
-            markers,
+            series: self.series.clone(),
+            flags,
+            markers: self.facts.markers.clone(),
+            versions: self.facts.versions.clone(),
         })
-    }
-
-    /// Put the second pass's facts in place of the rows the first dropped.
-    pub fn with_evidence(&mut self, kept: Facts) {
-        let f = &mut self.facts;
-        f.requests = kept.requests;
-        f.lookups = kept.lookups;
-        f.recomputes = kept.recomputes;
-        f.db_ops = kept.db_ops;
-        f.fills = kept.fills;
-        self.partial = false;
     }
 
     /// Every service's bucket series.
@@ -525,8 +726,10 @@ impl Signals {
     }
 
     /// The second half of [`Session::finish`]: detection, causes,
-    /// mitigations and summaries.
-    /// (Borrowing: a caller about to exit may skip freeing the facts.)
+    /// mitigations and summaries. (Borrowing: a caller about to exit may
+    /// skip freeing the facts.) A bounded session that dropped facts gets
+    /// its incidents from [`Signals::evidence_plan`] and
+    /// [`Signals::report_with`] instead.
     pub fn report(&self) -> Report {
         report_of(
             &self.analyzer,
@@ -536,6 +739,27 @@ impl Signals {
             self.log_markers,
         )
     }
+
+    /// The report of a bounded analysis, with the incidents its second
+    /// pass decided.
+    pub fn report_with(&self, incidents: Vec<crate::incident::Incident>) -> Report {
+        report_from(
+            &self.analyzer,
+            incidents,
+            &self.series,
+            (self.facts.spans, self.facts.traces),
+            self.metric_points,
+            self.log_markers,
+        )
+    }
+}
+
+fn sort_incidents(incidents: &mut [crate::incident::Incident]) {
+    incidents.sort_by(|a, b| {
+        a.onset_unix_nano
+            .cmp(&b.onset_unix_nano)
+            .then(a.service.cmp(&b.service))
+    });
 }
 
 /// Detection, causes, mitigations and summaries over built series and the
@@ -548,22 +772,39 @@ pub fn report_of(
     log_markers: u64,
 ) -> Report {
     let config = &analyzer.config;
-    let mut incidents = Vec::new();
+    let incidents = series
+        .iter()
+        .flat_map(|s| {
+            detect::detect(&ServiceInput {
+                series: s,
+                facts,
+                config,
+            })
+        })
+        .collect();
+    report_from(
+        analyzer,
+        incidents,
+        series,
+        (facts.spans, facts.traces),
+        metric_points,
+        log_markers,
+    )
+}
+
+/// The report around detected incidents: summaries, notes, input.
+fn report_from(
+    analyzer: &Analyzer,
+    mut incidents: Vec<crate::incident::Incident>,
+    series: &[ServiceSeries],
+    (spans, traces): (u64, u64),
+    metric_points: u64,
+    log_markers: u64,
+) -> Report {
+    let config = &analyzer.config;
     let mut notes = Vec::new();
-    let mut services = Vec::new();
-    for s in series {
-        incidents.extend(detect::detect(&ServiceInput {
-            series: s,
-            facts,
-            config,
-        }));
-        services.push(summary(s));
-    }
-    incidents.sort_by(|a, b| {
-        a.onset_unix_nano
-            .cmp(&b.onset_unix_nano)
-            .then(a.service.cmp(&b.service))
-    });
+    let services = series.iter().map(summary).collect();
+    sort_incidents(&mut incidents);
     if let Some(s) = series.first() {
         let capture = s.buckets.len() as f64 * config.bucket_seconds;
         notes.extend(crate::slo::scaling_note(capture, config.bucket_seconds));
@@ -583,8 +824,8 @@ pub fn report_of(
         services,
         notes,
         input: InputSummary {
-            spans: facts.spans,
-            traces: facts.traces,
+            spans,
+            traces,
             metric_points,
             log_markers,
             start_unix_nano: start,

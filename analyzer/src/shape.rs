@@ -209,15 +209,15 @@ impl Facts {
         }
     }
 
-    /// Memory the facts take (estimated: the vectors, not the shared
-    /// strings).
+    /// Memory the facts take (estimated: the vectors as allocated, not the
+    /// shared strings).
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.requests.len() * size_of::<RequestFact>()
-            + self.lookups.len() * size_of::<LookupFact>()
-            + self.recomputes.len() * size_of::<RecomputeFact>()
-            + self.db_ops.len() * size_of::<DbOpFact>()
-            + self.fills.len() * size_of::<FillFact>()
+        self.requests.capacity() * size_of::<RequestFact>()
+            + self.lookups.capacity() * size_of::<LookupFact>()
+            + self.recomputes.capacity() * size_of::<RecomputeFact>()
+            + self.db_ops.capacity() * size_of::<DbOpFact>()
+            + self.fills.capacity() * size_of::<FillFact>()
     }
 
     /// Forget facts (and versions last seen) before `t`. The removal is

@@ -95,6 +95,9 @@ pub struct AnalyzeArgs {
     /// the second keeps only the incidents' evidence. 0: no bound.
     #[arg(long, value_name = "MIB", default_value_t = 384)]
     pub fact_mib: usize,
+    /// Spans between two looks at the facts' memory (tests set it low).
+    #[arg(long, hide = true, default_value_t = herdwatch_analyzer::report::COMPACT_EVERY)]
+    pub fact_check_spans: usize,
 }
 
 /// The process's peak resident set so far (Linux), in MiB.
@@ -277,10 +280,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let mut session = if args.fact_mib == 0 {
         analyzer.session()
     } else {
-        analyzer.bounded_session(
-            args.fact_mib << 20,
-            herdwatch_analyzer::report::COMPACT_EVERY,
-        )
+        analyzer.bounded_session(args.fact_mib << 20, args.fact_check_spans)
     };
     let mut warnings = Vec::new();
     let started = Instant::now();
@@ -305,30 +305,32 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
         }
     }
     let t = Instant::now();
-    let mut signals = session.signals()?;
+    let signals = session.signals()?;
     let frames = t.elapsed();
     let rss_frames = peak_rss_mib();
-    // Bounded and over the budget: the evidence from a second pass.
-    let mut second = None;
-    if let Some(plan) = signals.evidence_plan() {
-        let t = Instant::now();
-        let mut evidence = plan.session(&analyzer, BASELINE_SAMPLE);
-        let (again, _) = read_into(args, &decoder, &mut |b| evidence.push(b));
-        again?;
-        signals.with_evidence(evidence.finish());
-        second = Some((t.elapsed(), plan.windows().len()));
-    }
     let t = Instant::now();
-    let mut report = signals.report();
+    // Bounded and over the budget: the incidents from a second pass that
+    // keeps each one's evidence only while it is being decided.
+    let mut second = None;
+    let mut report = match signals.evidence_plan() {
+        Some(plan) => {
+            let windows = plan.windows().len();
+            let mut evidence = plan.session(BASELINE_SAMPLE);
+            let (again, _) = read_into(args, &decoder, &mut |b| evidence.push(b));
+            again?;
+            second = Some(windows);
+            signals.report_with(evidence.finish())
+        }
+        None => signals.report(),
+    };
     let detection = t.elapsed();
     // Millions of facts are about to go with the process: freeing them one
     // by one would only cost time.
     std::mem::forget(signals);
     if args.timings {
-        if let Some((d, windows)) = second {
+        if let Some(windows) = second {
             eprintln!(
-                "timings: second pass for the evidence of {windows} window(s) {:.2} s",
-                d.as_secs_f64()
+                "timings: facts over --fact-mib: detection includes a second pass over the input for the evidence of {windows} episode(s)"
             );
         }
         eprintln!(

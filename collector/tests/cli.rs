@@ -27,6 +27,36 @@ fn analyze(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A fact budget the capture overflows: buckets built as it goes, facts
+/// dropped, a second pass for the evidence; the same report as without a
+/// bound, and the timings say a second pass ran.
+#[test]
+fn a_capture_over_the_fact_budget_gets_the_same_report_in_two_passes() {
+    let path = capture(Scenario::SynchronizedExpiry, "bounded");
+    let s = path.to_str().unwrap();
+    let (code, whole, _) = analyze(&[s, "--format", "json", "--fact-mib", "0"]);
+    assert_eq!(code, 0);
+    let (code, bounded, err) = analyze(&[
+        s,
+        "--format",
+        "json",
+        "--fact-mib",
+        "1",
+        "--fact-check-spans",
+        "4096",
+        "--timings",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("second pass"), "{err}");
+    let strip = |j: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(j).unwrap();
+        v["notes"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(strip(&bounded), strip(&whole));
+    assert_eq!(strip(&whole)["incidents"][0]["kind"], "synchronized-expiry");
+}
+
 #[test]
 fn formats_and_exit_codes() {
     let stampede = capture(Scenario::HotKeyExpiry, "hot");

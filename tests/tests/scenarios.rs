@@ -176,14 +176,14 @@ fn analyse_file_bounded(path: &Path, fact_bytes: usize) -> (Report, Option<usize
     let analyzer = Analyzer::new(Default::default(), Vec::new());
     let mut session = analyzer.bounded_session(fact_bytes, 2048);
     read_file(path, &decoder, true, &mut |b| session.push(b)).expect("read");
-    let mut signals = session.signals().expect("signals");
+    let signals = session.signals().expect("signals");
     let Some(plan) = signals.evidence_plan() else {
         return (signals.report(), None);
     };
-    let mut evidence = plan.session(&analyzer, usize::MAX);
+    let windows = plan.windows().len();
+    let mut evidence = plan.session(usize::MAX);
     read_file(path, &decoder, true, &mut |b| evidence.push(b)).expect("read again");
-    signals.with_evidence(evidence.finish());
-    (signals.report(), Some(plan.windows().len()))
+    (signals.report_with(evidence.finish()), Some(windows))
 }
 
 /// Every committed sample, with 64 KiB of facts at a time (two passes), and
