@@ -165,6 +165,10 @@ fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64) {
     let n = v.partition_point(|x| time(x) < t);
     if n > 0 && n >= v.len() / 8 {
         v.drain(..n);
+        // Give the room back too: memory is counted as allocated.
+        if v.capacity() > 2 * v.len() + 64 {
+            v.shrink_to(v.len() + v.len() / 2);
+        }
     }
 }
 

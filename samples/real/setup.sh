@@ -2,12 +2,14 @@
 # Installs and starts what samples/real/catalog.py runs against: Debian's
 # Redis and PostgreSQL servers and a Python venv with the stock
 # OpenTelemetry packages of requirements.txt. Idempotent. Prints the
-# environment the real-instrumentation test reads; source it:
+# environment the real-instrumentation test reads (`REAL_OTEL_*`, not
+# `HERDWATCH_*`: herdwatch refuses unknown variables of its own prefix);
+# source it:
 #   eval "$(bash samples/real/setup.sh)"
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-venv="${HERDWATCH_REAL_VENV:-/var/tmp/herdwatch-py}"
-redis_port="${HERDWATCH_REAL_REDIS_PORT:-6391}"
+venv="${REAL_OTEL_VENV:-/var/tmp/herdwatch-py}"
+redis_port="${REAL_OTEL_REDIS_PORT:-6391}"
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -44,6 +46,6 @@ runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='$me'" |
 psql -d postgres -qtAc "SELECT 1 FROM pg_database WHERE datname='shop'" | grep -q 1 \
   || createdb shop >&2
 
-echo "export HERDWATCH_REAL_PYTHON=$venv/bin/python"
-echo "export HERDWATCH_REAL_REDIS_PORT=$redis_port"
-echo "export HERDWATCH_REAL_PG_DSN='dbname=shop'"
+echo "export REAL_OTEL_PYTHON=$venv/bin/python"
+echo "export REAL_OTEL_REDIS_PORT=$redis_port"
+echo "export REAL_OTEL_PG_DSN='dbname=shop'"

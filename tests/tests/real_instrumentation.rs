@@ -11,7 +11,7 @@
 //! same verdict.
 //!
 //! Needs what `samples/real/setup.sh` installs and starts; it prints the
-//! `HERDWATCH_REAL_*` variables read here. Without them the test says so and
+//! `REAL_OTEL_*` variables read here. Without them the test says so and
 //! passes, unless `REQUIRE_REAL_INSTRUMENTATION` is set (as `.ci/run` does).
 
 use std::path::{Path, PathBuf};
@@ -34,9 +34,9 @@ struct Env {
 fn env() -> Option<Env> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let found = match (
-        var("HERDWATCH_REAL_PYTHON"),
-        var("HERDWATCH_REAL_REDIS_PORT"),
-        var("HERDWATCH_REAL_PG_DSN"),
+        var("REAL_OTEL_PYTHON"),
+        var("REAL_OTEL_REDIS_PORT"),
+        var("REAL_OTEL_PG_DSN"),
     ) {
         (Some(p), Some(r), Some(d)) => Some(Env {
             python: p.into(),
@@ -48,7 +48,7 @@ fn env() -> Option<Env> {
     if found.is_none() {
         assert!(
             std::env::var_os("REQUIRE_REAL_INSTRUMENTATION").is_none(),
-            "REQUIRE_REAL_INSTRUMENTATION is set but HERDWATCH_REAL_* are not: run samples/real/setup.sh"
+            "REQUIRE_REAL_INSTRUMENTATION is set but REAL_OTEL_* are not: run samples/real/setup.sh"
         );
         eprintln!(
             "skipped: run `eval \"$(bash samples/real/setup.sh)\"` to check real instrumentation"
