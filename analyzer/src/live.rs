@@ -446,3 +446,46 @@ pub(crate) fn touched_range(f: &Facts) -> Option<(u64, u64)> {
         Some((a, b)) => Some((a.min(s), b.max(e))),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MarkerKind, SpanKind};
+    use crate::shape::tests::span;
+    use std::sync::Arc;
+
+    /// A `FLUSHALL` seen in a span is a marker of the window for as long as
+    /// it is in it, not only for the tick that reduced its trace.
+    #[test]
+    fn a_flush_seen_in_spans_stays_a_marker_across_ticks() {
+        let analyzer = Analyzer::new(Default::default(), Vec::new());
+        let mut live = LiveAnalysis::new(analyzer, LiveSettings::new(900_000_000_000));
+        let req = span(1, 1, 0, SpanKind::Server, 0, 10);
+        let mut flush = span(1, 2, 1, SpanKind::Client, 1, 2);
+        flush.db_system = Arc::from("redis");
+        flush.db_operation = Arc::from("FLUSHALL");
+        live.push(Batch {
+            spans: vec![req, flush],
+            ..Batch::default()
+        });
+        let flushes = |l: &LiveAnalysis| {
+            l.facts
+                .markers
+                .iter()
+                .filter(|m| m.kind == MarkerKind::CacheFlush)
+                .count()
+        };
+        for _ in 0..4 {
+            live.tick().unwrap();
+        }
+        assert_eq!(flushes(&live), 1, "reduced once the trace completed");
+        live.push(Batch {
+            spans: vec![span(2, 1, 0, SpanKind::Server, 3_000, 3_010)],
+            ..Batch::default()
+        });
+        for _ in 0..4 {
+            live.tick().unwrap();
+        }
+        assert_eq!(flushes(&live), 1, "still there ticks later");
+    }
+}

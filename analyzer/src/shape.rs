@@ -779,7 +779,7 @@ impl TraceAssembler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{ResourceInfo, SpanKind};
 
