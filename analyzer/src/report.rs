@@ -167,12 +167,7 @@ impl Session {
                 if b.evicted {
                     // Only markers, versions and counts are read from here
                     // on: the second pass brings the evidence.
-                    facts.retain_rows(|_| false, |_| false, |_| false);
-                    facts.requests.shrink_to_fit();
-                    facts.lookups.shrink_to_fit();
-                    facts.recomputes.shrink_to_fit();
-                    facts.db_ops.shrink_to_fit();
-                    facts.fills.shrink_to_fit();
+                    facts.drop_rows();
                 }
                 let width = analyzer.config.bucket_nanos();
                 let (mut lo, mut hi) = (facts.min_time, facts.max_time);

@@ -242,19 +242,13 @@ impl Facts {
         evict_sorted(&mut self.fills, |f| f.t, t);
     }
 
-    /// Keep the rows whose time `keep` accepts (lookups and fills also get
-    /// their own tests); versions, markers and counts stay.
-    pub fn retain_rows(
-        &mut self,
-        keep: impl Fn(u64) -> bool,
-        keep_lookup: impl Fn(&LookupFact) -> bool,
-        keep_fill: impl Fn(&FillFact) -> bool,
-    ) {
-        self.requests.retain(|r| keep(r.start));
-        self.recomputes.retain(|r| keep(r.start));
-        self.db_ops.retain(|d| keep(d.start));
-        self.lookups.retain(|l| keep(l.t) || keep_lookup(l));
-        self.fills.retain(|f| keep(f.t) || keep_fill(f));
+    /// Free every per-request row; versions, markers and counts stay.
+    pub fn drop_rows(&mut self) {
+        self.requests = Vec::new();
+        self.lookups = Vec::new();
+        self.recomputes = Vec::new();
+        self.db_ops = Vec::new();
+        self.fills = Vec::new();
     }
 
     /// Turn deploys seen as new `service.version` / `service.instance.id`
