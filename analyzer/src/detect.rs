@@ -24,6 +24,12 @@ pub struct Flags {
     /// burst on their own.
     pub strong: Vec<bool>,
     pub saturated: Vec<bool>,
+    /// Saturated buckets measured by the pool's own metrics: saturation on
+    /// their own. What only the traces suggest (slow queries, recomputes
+    /// that waited for their first query) must last `burst_min_buckets`,
+    /// since one slow query or a scheduler stall on a busy host looks the
+    /// same for a second.
+    pub strong_sat: Vec<bool>,
     pub spike: Vec<bool>,
     /// Baseline (median) misses per bucket at each bucket.
     pub miss_baseline: Vec<f64>,
@@ -41,6 +47,7 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         burst: vec![false; n],
         strong: vec![false; n],
         saturated: vec![false; n],
+        strong_sat: vec![false; n],
         spike: vec![false; n],
         miss_baseline: vec![f64::NAN; n],
         db_p95_baseline: vec![f64::NAN; n],
@@ -83,6 +90,7 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         // on the pool, as the traces show it when no pool metric does.
         let queued = k.queued >= 1.0;
         f.saturated[b] = pool || pending || at_pool || slow_db || queued;
+        f.strong_sat[b] = pool || pending || at_pool;
         f.spike[b] = k.requests >= config.min_requests_per_bucket as f64 && k.p95_ms > threshold;
         if !(f.burst[b] || f.saturated[b] || f.spike[b]) {
             misses.push_back(k.misses);
@@ -260,7 +268,13 @@ pub fn detect_where(
             ep.end,
             config.burst_min_buckets,
         );
-        let sat = (ep.start..ep.end).find(|&b| f.saturated[b]);
+        let sat = first_run(
+            &f.saturated,
+            &f.strong_sat,
+            ep.start,
+            ep.end,
+            config.burst_min_buckets,
+        );
         let spike = (ep.start..ep.end).find(|&b| f.spike[b]);
         let Some(spike) = spike else { continue };
         let sat_measurable = series.coverage.pool_metrics || series.coverage.db_spans;
@@ -855,5 +869,53 @@ mod tests {
         };
         assert!(!sat(0.0));
         assert!(sat(1.0));
+    }
+
+    /// A stampede at bucket 37 after one slow-query second at 30 (and, in
+    /// the control, two): the lone second is noise and not the
+    /// saturation the burst has to lead.
+    #[test]
+    fn one_slow_second_before_a_stampede_is_not_its_saturation_onset() {
+        let config = AnalysisConfig::default();
+        let calm = series_with(Bucket::default()).buckets[0].clone();
+        let slow = Bucket {
+            db_ops: 10.0,
+            db_p95_ms: 40.0,
+            ..calm.clone()
+        };
+        let herd = Bucket {
+            misses: 40.0,
+            recomputes: 40.0,
+            herd: 8.0,
+            p95_ms: 2000.0,
+            db_ops: 10.0,
+            db_p95_ms: 800.0,
+            db_ms: 5000.0,
+            recompute_db_ms: 5000.0,
+            ..calm.clone()
+        };
+        let detect_with = |slow_seconds: usize| {
+            let mut series = series_with(calm.clone());
+            series.buckets.truncate(30);
+            series
+                .buckets
+                .extend(std::iter::repeat_n(slow.clone(), slow_seconds));
+            series.buckets.resize(37, calm.clone());
+            series.buckets.extend(std::iter::repeat_n(herd.clone(), 6));
+            series.buckets.resize(60, calm.clone());
+            series.coverage.db_spans = true;
+            let facts = crate::shape::Facts::default();
+            let found = detect(&ServiceInput {
+                series: &series,
+                facts: &facts,
+                config: &config,
+            });
+            assert_eq!(found.len(), 1, "{found:?}");
+            (found[0].kind, found[0].onset_unix_nano / 1_000_000_000)
+        };
+        let (kind, onset) = detect_with(1);
+        assert_ne!(kind, Kind::DbSaturation);
+        assert_eq!(onset, 37);
+        assert_eq!(detect_with(2), (Kind::DbSaturation, 30));
     }
 }
