@@ -66,7 +66,12 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
             let limit = floor
                 .max(med + config.burst_mad_factor * spread.max(1.0))
                 .max(config.burst_min_ratio * med);
-            f.burst[b] = k.misses >= limit;
+            // A herd on one key above the lone refills is a burst even when
+            // the baseline's spread hides it in the count: a slow host that
+            // serves few requests misses a hot key only a few dozen times.
+            let herd =
+                k.herd >= config.hot_key_min_herd as f64 && k.misses >= floor.max(med + k.herd);
+            f.burst[b] = k.misses >= limit || herd;
             // A one-bucket burst is noise unless it is far over the limit or
             // its recomputes pile up on one key (a herd, not lone refills).
             f.strong[b] = f.burst[b]
@@ -842,6 +847,12 @@ mod tests {
             (f.burst[30], f.strong[30])
         };
         assert_eq!(burst(7.0, 8.0), (false, false), "under the limit");
+        assert_eq!(
+            burst(7.0, 5.0),
+            (true, true),
+            "a herd of 5 on top of the median 2 is a burst under the count limit"
+        );
+        assert_eq!(burst(6.0, 5.0), (false, false));
         assert_eq!(
             burst(10.0, 1.0),
             (true, false),
