@@ -66,6 +66,7 @@ impl Analyzer {
                 evicted: false,
                 compacted: false,
                 since: 0,
+                held_bytes: 0,
             }),
             ..self.session()
         }
@@ -117,6 +118,8 @@ struct Bound {
     evicted: bool,
     compacted: bool,
     since: usize,
+    /// Fact bytes at the last look.
+    held_bytes: usize,
 }
 
 /// Spans between two looks at a bounded session's memory (the CLI's), and
@@ -143,6 +146,12 @@ impl Session {
 
     pub fn finish(self) -> Result<Report, SignalError> {
         Ok(self.signals()?.report())
+    }
+
+    /// Memory held by a bounded session's facts (as counted against its
+    /// budget) the last time it looked; 0 when unbounded.
+    pub fn fact_bytes(&self) -> usize {
+        self.bound.as_ref().map_or(0, |b| b.held_bytes)
     }
 
     /// The first half of [`Session::finish`]: the last traces reduced and
@@ -226,6 +235,12 @@ impl Bound {
             self.longest = self.longest.max(e.saturating_sub(s));
         }
         let touched = crate::live::touched_range(&new);
+        // Past a sixteenth of the budget, room for all of it and what one
+        // look can add past it, so that the rows never grow by a copy.
+        if self.facts.row_bytes() + new.row_bytes() > self.max_fact_bytes / 16 {
+            self.facts
+                .reserve_rows(self.max_fact_bytes + self.max_fact_bytes / 4);
+        }
         self.facts.merge(new);
         // Facts of a trace that completed late, in buckets already built:
         // rebuilt where every fact that reaches them is still held.
@@ -279,10 +294,11 @@ impl Bound {
         }
         self.built_to = complete;
         self.compacted = true;
-        if self.facts.approx_bytes() > self.max_fact_bytes {
+        self.held_bytes = self.facts.row_bytes();
+        if self.held_bytes > self.max_fact_bytes {
             self.evicted = true;
             self.evicted_to = complete.saturating_sub(self.longest);
-            self.facts.evict_rows_before(self.evicted_to);
+            self.facts.evict_reserved_before(self.evicted_to);
         }
     }
 }

@@ -161,14 +161,23 @@ fn merge_sorted<T>(v: &mut Vec<T>, mut new: Vec<T>, order: fn(&T, &T) -> Orderin
 
 /// Drop the front of sorted `v` whose time is before `t`, when that is at
 /// least an eighth of it (so the move is amortised).
-fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64) {
+fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64, shrink: bool) {
     let n = v.partition_point(|x| time(x) < t);
     if n > 0 && n >= v.len() / 8 {
         v.drain(..n);
         // Give the room back too: memory is counted as allocated.
-        if v.capacity() > 2 * v.len() + 64 {
+        if shrink && v.capacity() > 2 * v.len() + 64 {
             v.shrink_to(v.len() + v.len() / 2);
         }
+    }
+}
+
+/// Make room in `v` for `bytes` of rows at once, so it never grows by
+/// reallocating (a copy that briefly holds it twice).
+fn reserve_bytes<T>(v: &mut Vec<T>, bytes: usize) {
+    let want = bytes.div_ceil(std::mem::size_of::<T>().max(1));
+    if v.capacity() < want {
+        v.reserve_exact(want - v.len());
     }
 }
 
@@ -224,6 +233,28 @@ impl Facts {
             + self.fills.capacity() * size_of::<FillFact>()
     }
 
+    /// Memory the per-request rows fill (not what is reserved for them).
+    pub fn row_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.requests.len() * size_of::<RequestFact>()
+            + self.lookups.len() * size_of::<LookupFact>()
+            + self.recomputes.len() * size_of::<RecomputeFact>()
+            + self.db_ops.len() * size_of::<DbOpFact>()
+            + self.fills.len() * size_of::<FillFact>()
+    }
+
+    /// Reserve room for `bytes` of each kind of row (address space only:
+    /// pages are backed as rows fill them), so that the rows of a bounded
+    /// analysis grow in place. Rows evicted with
+    /// [`Facts::evict_reserved_before`] keep the room.
+    pub fn reserve_rows(&mut self, bytes: usize) {
+        reserve_bytes(&mut self.requests, bytes);
+        reserve_bytes(&mut self.lookups, bytes);
+        reserve_bytes(&mut self.recomputes, bytes);
+        reserve_bytes(&mut self.db_ops, bytes);
+        reserve_bytes(&mut self.fills, bytes);
+    }
+
     /// Forget facts (and versions last seen) before `t`. The removal is
     /// amortised: a kind of fact is trimmed once enough of it is old.
     pub fn evict_before(&mut self, t: u64) {
@@ -235,11 +266,21 @@ impl Facts {
     /// Forget the per-request rows before `t` (amortised, as
     /// [`Facts::evict_before`]); versions, markers and counts stay.
     pub fn evict_rows_before(&mut self, t: u64) {
-        evict_sorted(&mut self.requests, |r| r.start, t);
-        evict_sorted(&mut self.lookups, |l| l.t, t);
-        evict_sorted(&mut self.recomputes, |r| r.start, t);
-        evict_sorted(&mut self.db_ops, |d| d.start, t);
-        evict_sorted(&mut self.fills, |f| f.t, t);
+        self.evict_rows(t, true);
+    }
+
+    /// [`Facts::evict_rows_before`] keeping the room of the rows
+    /// ([`Facts::reserve_rows`]).
+    pub fn evict_reserved_before(&mut self, t: u64) {
+        self.evict_rows(t, false);
+    }
+
+    fn evict_rows(&mut self, t: u64, shrink: bool) {
+        evict_sorted(&mut self.requests, |r| r.start, t, shrink);
+        evict_sorted(&mut self.lookups, |l| l.t, t, shrink);
+        evict_sorted(&mut self.recomputes, |r| r.start, t, shrink);
+        evict_sorted(&mut self.db_ops, |d| d.start, t, shrink);
+        evict_sorted(&mut self.fills, |f| f.t, t, shrink);
     }
 
     /// Free every per-request row; versions, markers and counts stay.
@@ -776,6 +817,40 @@ impl TraceAssembler {
 pub(crate) mod tests {
     use super::*;
     use crate::model::{ResourceInfo, SpanKind};
+
+    /// A bounded analysis's rows grow in the room reserved for them (no
+    /// copy), are counted by what they fill, and keep the room when the
+    /// old ones go.
+    #[test]
+    fn reserved_rows_grow_in_place_and_keep_their_room() {
+        let fill = |t: u64| FillFact {
+            service: Arc::from("shop"),
+            key: Arc::from("k"),
+            t,
+        };
+        let mut facts = Facts::default();
+        facts.reserve_rows(1 << 20);
+        let room = facts.fills.capacity();
+        assert!(room * std::mem::size_of::<FillFact>() >= 1 << 20);
+        let at = facts.fills.as_ptr();
+        let more = Facts {
+            fills: (0..1000).rev().map(fill).collect(),
+            ..Facts::default()
+        };
+        facts.merge(more);
+        assert_eq!(facts.fills.as_ptr(), at, "grown by a copy");
+        assert_eq!(facts.row_bytes(), 1000 * std::mem::size_of::<FillFact>());
+        assert!(facts.fills.windows(2).all(|w| w[0].t <= w[1].t));
+        facts.evict_reserved_before(600);
+        assert_eq!(facts.fills.len(), 400);
+        assert_eq!(facts.fills[0].t, 600);
+        assert_eq!(facts.fills.capacity(), room);
+        facts.evict_rows_before(990);
+        assert!(
+            facts.fills.capacity() < room,
+            "an unbounded eviction gives the room back"
+        );
+    }
 
     pub(crate) fn span(
         trace: u8,

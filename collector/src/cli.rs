@@ -93,7 +93,7 @@ pub struct AnalyzeArgs {
     /// Memory for per-request facts (MiB). A larger input is analysed in
     /// two passes: the first builds the series and drops facts as it goes,
     /// the second keeps only the incidents' evidence. 0: no bound.
-    #[arg(long, value_name = "MIB", default_value_t = 384)]
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub fact_mib: usize,
     /// Spans between two looks at the facts' memory (tests set it low).
     #[arg(long, hide = true, default_value_t = herdwatch_analyzer::report::COMPACT_EVERY)]
@@ -287,6 +287,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
     let (read, assembly) = read_into(args, &decoder, &mut |b| session.push(b));
     let all_read = started.elapsed();
     let rss_read = peak_rss_mib();
+    let fact_mib = session.fact_bytes() >> 20;
     for (path, stats) in read? {
         if stats.bad > 0 {
             warnings.push(format!(
@@ -334,7 +335,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
             );
         }
         eprintln!(
-            "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s; peak RSS {} MiB after reading, {} MiB after frames",
+            "timings: read+decode {:.2} s (wall, overlapped with assembly), assembly {:.2} s busy, frames {:.2} s, detection {:.2} s, total {:.2} s; peak RSS {} MiB after reading, {} MiB after frames; facts {} MiB at the last look",
             all_read.as_secs_f64(),
             assembly.as_secs_f64(),
             frames.as_secs_f64(),
@@ -342,6 +343,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<i32> {
             started.elapsed().as_secs_f64(),
             rss_read.map_or("?".into(), |m| m.to_string()),
             rss_frames.map_or("?".into(), |m| m.to_string()),
+            fact_mib,
         );
     }
     report.notes.extend(warnings.iter().cloned());
