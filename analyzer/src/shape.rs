@@ -159,6 +159,34 @@ fn merge_sorted<T>(v: &mut Vec<T>, mut new: Vec<T>, order: fn(&T, &T) -> Orderin
     v[from..].sort_by(order);
 }
 
+/// Traces up to this many spans find parents by a scan.
+const SCAN_SPANS: usize = 16;
+
+/// Order a trace's spans by (start, end), stable: spans are large, so the
+/// order is found on keys and each span moves once.
+fn sort_spans(spans: &mut Vec<SpanRow>) {
+    let key = |s: &SpanRow| (s.start_unix_nano, s.end_unix_nano);
+    if spans.is_sorted_by_key(key) {
+        return;
+    }
+    if spans.len() == 2 {
+        spans.swap(0, 1);
+        return;
+    }
+    let mut order: Vec<(u64, u64, usize)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.start_unix_nano, s.end_unix_nano, i))
+        .collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<SpanRow>> = std::mem::take(spans).into_iter().map(Some).collect();
+    spans.extend(
+        order
+            .iter()
+            .map(|&(_, _, i)| slots[i].take().expect("each index once")),
+    );
+}
+
 /// Drop the front of sorted `v` whose time is before `t`, when that is at
 /// least an eighth of it (so the move is amortised).
 fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64, shrink: bool) {
@@ -557,14 +585,27 @@ impl TraceAssembler {
 
     fn reduce(&mut self, mut spans: Vec<SpanRow>) {
         self.facts.traces += 1;
-        spans.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
+        sort_spans(&mut spans);
         let config = self.config.clone();
         let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
-        let by_id: HashMap<[u8; 8], usize, FxBuild> = spans
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.span_id, i))
-            .collect();
+        // Most traces hold a handful of spans: a scan finds a parent faster
+        // than a table that has to be built first.
+        let by_id: HashMap<[u8; 8], usize, FxBuild> = if spans.len() > SCAN_SPANS {
+            spans
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.span_id, i))
+                .collect()
+        } else {
+            HashMap::default()
+        };
+        let find = |id: &[u8; 8]| {
+            if spans.len() > SCAN_SPANS {
+                by_id.get(id).copied()
+            } else {
+                spans.iter().position(|s| &s.span_id == id)
+            }
+        };
         let requests: Vec<usize> = (0..spans.len())
             .filter(|&i| roles[i] == Role::Request)
             .collect();
@@ -578,12 +619,12 @@ impl TraceAssembler {
             let mut owner = None;
             let mut cur = s.parent_span_id;
             for _ in 0..64 {
-                match by_id.get(&cur) {
-                    Some(&p) if roles[p] == Role::Request => {
+                match find(&cur) {
+                    Some(p) if roles[p] == Role::Request => {
                         owner = Some(p);
                         break;
                     }
-                    Some(&p) => cur = spans[p].parent_span_id,
+                    Some(p) => cur = spans[p].parent_span_id,
                     None => break,
                 }
             }
@@ -817,6 +858,35 @@ impl TraceAssembler {
 pub(crate) mod tests {
     use super::*;
     use crate::model::{ResourceInfo, SpanKind};
+
+    /// The key sort of a trace's spans is the stable sort by (start, end),
+    /// for every order of arrival (ties included).
+    #[test]
+    fn spans_sort_as_a_stable_sort_would() {
+        let times = [(5, 9), (1, 4), (5, 9), (0, 10), (5, 7)];
+        let base: Vec<SpanRow> = times
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, b))| span(1, i as u8 + 1, 0, SpanKind::Internal, a, b))
+            .collect();
+        let mut rng = 7u64;
+        for n in [2, 3, 5] {
+            for _ in 0..50 {
+                let mut v = base[..n].to_vec();
+                for i in (1..v.len()).rev() {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    v.swap(i, (rng >> 33) as usize % (i + 1));
+                }
+                let mut want = v.clone();
+                want.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
+                sort_spans(&mut v);
+                let ids = |v: &[SpanRow]| v.iter().map(|s| s.span_id).collect::<Vec<_>>();
+                assert_eq!(ids(&v), ids(&want));
+            }
+        }
+    }
 
     /// A bounded analysis's rows grow in the room reserved for them (no
     /// copy), are counted by what they fill, and keep the room when the

@@ -122,10 +122,13 @@ fn read_all<'a>(
     strict: bool,
     tx: &std::sync::mpsc::SyncSender<Batch>,
 ) -> anyhow::Result<Vec<(&'a PathBuf, files::ReadStats)>> {
+    // Decoding is most of the work: one decoder per core, the batches
+    // still in file order.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     files
         .iter()
         .map(|path| {
-            let stats = files::read_file(path, decoder, strict, &mut |b| {
+            let stats = files::read_file_with(path, decoder, strict, workers, &mut |b| {
                 // The receiver only goes away if it panicked; join reports that.
                 let _ = tx.send(b);
             })

@@ -7,6 +7,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use herdwatch_analyzer::model::Batch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -81,14 +83,14 @@ impl AnyExport {
     }
 }
 
-fn open(path: &Path) -> Result<Box<dyn BufRead>, FileError> {
+fn open(path: &Path) -> Result<Box<dyn BufRead + Send>, FileError> {
     let io = |source| FileError::Io {
         path: path.into(),
         source,
     };
     let mut file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
     let magic = file.fill_buf().map_err(io)?;
-    let reader: Box<dyn BufRead> = if magic.starts_with(&[0x1f, 0x8b]) {
+    let reader: Box<dyn BufRead + Send> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(BufReader::with_capacity(
             1 << 20,
             flate2::bufread::MultiGzDecoder::new(file),
@@ -209,6 +211,19 @@ pub fn read_file(
     strict: bool,
     sink: &mut dyn FnMut(Batch),
 ) -> Result<ReadStats, FileError> {
+    read_file_with(path, decoder, strict, 1, sink)
+}
+
+/// [`read_file`] with the lines or frames decoded on `workers` threads
+/// (one: on this one); `sink` still gets them in file order, on this
+/// thread, and errors are the same.
+pub fn read_file_with(
+    path: &Path,
+    decoder: &Decoder,
+    strict: bool,
+    workers: usize,
+    sink: &mut dyn FnMut(Batch),
+) -> Result<ReadStats, FileError> {
     let io = |source| FileError::Io {
         path: path.into(),
         source,
@@ -234,79 +249,61 @@ pub fn read_file(
     match first {
         None => Ok(stats),
         Some(b'{') => {
-            let mut line = String::new();
-            let mut n = 0u64;
-            let mut whole: Option<String> = None;
-            loop {
-                line.clear();
-                let read = (&mut reader)
-                    .take(MAX_LINE as u64 + 1)
-                    .read_line(&mut line)
-                    .map_err(|e| FileError::Line {
-                        path: path.into(),
-                        line: n + 1,
-                        message: format!("cannot read line: {e}"),
-                    })?;
-                if read == 0 {
-                    break;
-                }
-                n += 1;
-                if read > MAX_LINE {
-                    return Err(FileError::Line {
-                        path: path.into(),
-                        line: n,
-                        message: format!("line longer than {MAX_LINE} bytes"),
-                    });
-                }
-                let text = line.trim();
-                if text.is_empty() {
-                    continue;
-                }
-                // Trace lines take the borrowing reader; anything it leaves
-                // (other signals, odd forms, errors) the generated types.
-                if let Some(batch) = crate::decode::json::traces(decoder, text) {
-                    deliver(&mut stats, batch);
-                    continue;
-                }
-                let mut de = serde_json::Deserializer::from_str(text);
+            let mut lines = Lines { reader, path, n: 0 };
+            // The first line decides between lines and one document.
+            let Some((loc, Unit::Line(line))) = lines.next_unit()? else {
+                return Ok(stats);
+            };
+            if let Some(batch) = crate::decode::json::traces(decoder, &line) {
+                deliver(&mut stats, batch);
+            } else {
+                let mut de = serde_json::Deserializer::from_str(&line);
                 match serde_path_to_error::deserialize::<_, AnyExport>(&mut de) {
                     Ok(doc) => deliver(&mut stats, doc.decode(decoder)),
-                    Err(e) if n == 1 && e.inner().is_eof() => {
+                    Err(e) if e.inner().is_eof() => {
                         // Not one request per line: a single document.
                         let mut rest = String::new();
-                        (&mut reader)
+                        (&mut lines.reader)
                             .take(MAX_DOCUMENT)
                             .read_to_string(&mut rest)
                             .map_err(io)?;
-                        whole = Some(format!("{line}{rest}"));
-                        break;
+                        let doc = format!("{line}\n{rest}");
+                        let mut de = serde_json::Deserializer::from_str(&doc);
+                        let parsed: AnyExport =
+                            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                                FileError::Line {
+                                    path: path.into(),
+                                    line: e.inner().line() as u64,
+                                    message: format!(
+                                        "invalid OTLP/JSON at `{}`: {}",
+                                        e.path(),
+                                        e.inner()
+                                    ),
+                                }
+                            })?;
+                        deliver(&mut stats, parsed.decode(decoder));
+                        return Ok(stats);
                     }
                     Err(e) => {
-                        let message = format!("invalid OTLP/JSON at `{}`: {}", e.path(), e.inner());
+                        let message = json_error(&e);
                         if strict {
-                            return Err(FileError::Line {
-                                path: path.into(),
-                                line: n,
-                                message,
-                            });
+                            return Err(loc.error(path, message));
                         }
                         stats.bad += 1;
-                        stats
-                            .first_error
-                            .get_or_insert_with(|| format!("{}:{n}: {message}", path.display()));
+                        stats.first_error = Some(loc.describe(path, &message));
                     }
                 }
             }
-            if let Some(doc) = whole {
-                let mut de = serde_json::Deserializer::from_str(&doc);
-                let parsed: AnyExport =
-                    serde_path_to_error::deserialize(&mut de).map_err(|e| FileError::Line {
-                        path: path.into(),
-                        line: e.inner().line() as u64,
-                        message: format!("invalid OTLP/JSON at `{}`: {}", e.path(), e.inner()),
-                    })?;
-                deliver(&mut stats, parsed.decode(decoder));
-            }
+            let decode = |u: &Unit| decode_unit(u, decoder, None);
+            drain(
+                lines,
+                workers,
+                &decode,
+                strict,
+                path,
+                &mut stats,
+                &mut deliver,
+            )?;
             Ok(stats)
         }
         Some(0x0a) => {
@@ -329,56 +326,253 @@ pub fn read_file(
         Some(_) => {
             // Length-delimited protobuf messages.
             let hint = signal_hint(path);
-            let mut offset = 0u64;
-            let mut frame = Vec::new();
-            while let Some((len, prefix)) =
-                read_varint(&mut reader).map_err(|e| FileError::Offset {
-                    path: path.into(),
-                    offset,
-                    message: e.to_string(),
-                })?
-            {
-                if len > MAX_DOCUMENT {
-                    return Err(FileError::Offset {
-                        path: path.into(),
-                        offset,
-                        message: format!(
-                            "frame length {len} is not plausible: not a length-delimited OTLP file?"
-                        ),
-                    });
-                }
-                frame.resize(len as usize, 0);
-                reader
-                    .read_exact(&mut frame)
-                    .map_err(|e| FileError::Offset {
-                        path: path.into(),
-                        offset,
-                        message: format!("truncated frame of {len} bytes: {e}"),
-                    })?;
-                match decode_proto(&frame, hint, decoder) {
-                    Ok(b) => deliver(&mut stats, b),
-                    Err(message) if strict => {
-                        return Err(FileError::Offset {
-                            path: path.into(),
-                            offset,
-                            message,
-                        });
-                    }
-                    Err(message) => {
-                        stats.bad += 1;
-                        stats.first_error.get_or_insert_with(|| {
-                            format!("{}: at byte {offset}: {message}", path.display())
-                        });
-                    }
-                }
-                offset += prefix + len;
-            }
+            let frames = Frames {
+                reader,
+                path,
+                offset: 0,
+            };
+            let decode = |u: &Unit| decode_unit(u, decoder, hint);
+            drain(
+                frames,
+                workers,
+                &decode,
+                strict,
+                path,
+                &mut stats,
+                &mut deliver,
+            )?;
             Ok(stats)
         }
     }
 }
 
-/// Write requests as length-delimited protobuf (the reader's inverse).
+/// Where a line or frame is, for its error.
+#[derive(Debug, Clone, Copy)]
+enum Loc {
+    Line(u64),
+    Byte(u64),
+}
+
+impl Loc {
+    fn error(self, path: &Path, message: String) -> FileError {
+        match self {
+            Loc::Line(line) => FileError::Line {
+                path: path.into(),
+                line,
+                message,
+            },
+            Loc::Byte(offset) => FileError::Offset {
+                path: path.into(),
+                offset,
+                message,
+            },
+        }
+    }
+
+    fn describe(self, path: &Path, message: &str) -> String {
+        match self {
+            Loc::Line(n) => format!("{}:{n}: {message}", path.display()),
+            Loc::Byte(offset) => format!("{}: at byte {offset}: {message}", path.display()),
+        }
+    }
+}
+
+/// One JSON line or one protobuf frame, read but not decoded.
+enum Unit {
+    Line(String),
+    Frame(Vec<u8>),
+}
+
+fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    format!("invalid OTLP/JSON at `{}`: {}", e.path(), e.inner())
+}
+
+fn decode_unit(unit: &Unit, decoder: &Decoder, hint: Option<&str>) -> Result<Batch, String> {
+    match unit {
+        Unit::Frame(bytes) => decode_proto(bytes, hint, decoder),
+        Unit::Line(text) => {
+            // Trace lines take the borrowing reader; anything it leaves
+            // (other signals, odd forms, errors) the generated types.
+            if let Some(batch) = crate::decode::json::traces(decoder, text) {
+                return Ok(batch);
+            }
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize::<_, AnyExport>(&mut de)
+                .map(|doc| doc.decode(decoder))
+                .map_err(|e| json_error(&e))
+        }
+    }
+}
+
+/// The lines or frames of a file, in order.
+trait Units: Send {
+    fn next_unit(&mut self) -> Result<Option<(Loc, Unit)>, FileError>;
+}
+
+/// Non-empty JSON lines, trimmed.
+struct Lines<'p> {
+    reader: Box<dyn BufRead + Send>,
+    path: &'p Path,
+    n: u64,
+}
+
+impl Units for Lines<'_> {
+    fn next_unit(&mut self) -> Result<Option<(Loc, Unit)>, FileError> {
+        loop {
+            let mut line = String::new();
+            let read = (&mut self.reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_line(&mut line)
+                .map_err(|e| FileError::Line {
+                    path: self.path.into(),
+                    line: self.n + 1,
+                    message: format!("cannot read line: {e}"),
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.n += 1;
+            if read > MAX_LINE {
+                return Err(FileError::Line {
+                    path: self.path.into(),
+                    line: self.n,
+                    message: format!("line longer than {MAX_LINE} bytes"),
+                });
+            }
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if text.len() != line.len() {
+                line = text.to_string();
+            }
+            return Ok(Some((Loc::Line(self.n), Unit::Line(line))));
+        }
+    }
+}
+
+/// Length-delimited protobuf frames.
+struct Frames<'p> {
+    reader: Box<dyn BufRead + Send>,
+    path: &'p Path,
+    offset: u64,
+}
+
+impl Units for Frames<'_> {
+    fn next_unit(&mut self) -> Result<Option<(Loc, Unit)>, FileError> {
+        let offset = self.offset;
+        let err = |message: String| FileError::Offset {
+            path: self.path.into(),
+            offset,
+            message,
+        };
+        let Some((len, prefix)) = read_varint(&mut self.reader).map_err(|e| err(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        if len > MAX_DOCUMENT {
+            return Err(err(format!(
+                "frame length {len} is not plausible: not a length-delimited OTLP file?"
+            )));
+        }
+        let mut frame = vec![0; len as usize];
+        self.reader
+            .read_exact(&mut frame)
+            .map_err(|e| err(format!("truncated frame of {len} bytes: {e}")))?;
+        self.offset += prefix + len;
+        Ok(Some((Loc::Byte(offset), Unit::Frame(frame))))
+    }
+}
+
+/// Decode `units` (on `workers` threads when more than one) and deliver
+/// them in order: a bad one is counted, or ends the read when `strict`.
+fn drain(
+    mut units: impl Units,
+    workers: usize,
+    decode: &(dyn Fn(&Unit) -> Result<Batch, String> + Sync),
+    strict: bool,
+    path: &Path,
+    stats: &mut ReadStats,
+    deliver: &mut dyn FnMut(&mut ReadStats, Batch),
+) -> Result<(), FileError> {
+    let mut handle = |stats: &mut ReadStats, loc: Loc, decoded: Result<Batch, String>| {
+        match decoded {
+            Ok(b) => deliver(stats, b),
+            Err(message) if strict => return Err(loc.error(path, message)),
+            Err(message) => {
+                stats.bad += 1;
+                stats
+                    .first_error
+                    .get_or_insert_with(|| loc.describe(path, &message));
+            }
+        }
+        Ok(())
+    };
+    if workers <= 1 {
+        while let Some((loc, unit)) = units.next_unit()? {
+            handle(stats, loc, decode(&unit))?;
+        }
+        return Ok(());
+    }
+    let stop = AtomicBool::new(false);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(u64, Loc, Unit)>(2 * workers);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(2 * workers);
+    let job_rx = Mutex::new(job_rx);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let job_rx = &job_rx;
+        let reader = scope.spawn(move || -> Result<(), FileError> {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Some((loc, unit)) = units.next_unit()? else {
+                    break;
+                };
+                if job_tx.send((seq, loc, unit)).is_err() {
+                    break;
+                }
+                seq += 1;
+            }
+            Ok(())
+        });
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((seq, loc, unit)) = job else { break };
+                    if done_tx.send((seq, loc, decode(&unit))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Results come back out of order: hold them until their turn.
+        let mut next = 0u64;
+        let mut early = std::collections::BTreeMap::new();
+        let mut failed = None;
+        for (seq, loc, decoded) in done_rx {
+            if failed.is_some() {
+                continue; // let the workers finish what was read
+            }
+            early.insert(seq, (loc, decoded));
+            while let Some((loc, decoded)) = early.remove(&next) {
+                next += 1;
+                if let Err(e) = handle(stats, loc, decoded) {
+                    stop.store(true, Ordering::Relaxed);
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let read = reader.join().expect("the file reader panicked");
+        match failed {
+            Some(e) => Err(e),
+            None => read,
+        }
+    })
+}
+
 pub fn write_delimited(out: &mut impl io::Write, message: &impl Message) -> io::Result<()> {
     out.write_all(&message.encode_length_delimited_to_vec())
 }
@@ -409,6 +603,61 @@ mod tests {
         assert!(stats.first_error.unwrap().contains(":2:"));
         let err = read_file(&p, &Decoder::default(), true, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains(":2:"), "{err}");
+    }
+
+    /// Lines and frames decoded on several threads reach the sink in file
+    /// order, with the same counts and the same first error, strict or not.
+    #[test]
+    fn parallel_decoding_keeps_file_order_and_errors() {
+        // Each line a span of its own start time; line 40 is bad.
+        let line = |i: u64| {
+            LINE.replace(
+                "1544712660000000000",
+                &(1544712660000000000 + i).to_string(),
+            )
+        };
+        let mut text = String::new();
+        let mut frames = Vec::new();
+        for i in 0..200u64 {
+            text.push_str(&if i == 40 {
+                "{\"resourceSpans\": 7}".into()
+            } else {
+                line(i)
+            });
+            text.push('\n');
+            let doc: ExportTraceServiceRequest = serde_json::from_str(&line(i)).unwrap();
+            if i == 40 {
+                // A frame of bytes that are no OTLP message.
+                write_delimited(&mut frames, &doc).unwrap();
+                let at = frames.len() - doc.encoded_len();
+                frames[at..].fill(0xff);
+            } else {
+                write_delimited(&mut frames, &doc).unwrap();
+            }
+        }
+        let lines = tmp("order.jsonl", text.as_bytes());
+        let pb = tmp("order.pb", &frames);
+        for p in [&lines, &pb] {
+            let read = |workers: usize, strict: bool| {
+                let mut starts = Vec::new();
+                let r = read_file_with(p, &Decoder::default(), strict, workers, &mut |b| {
+                    starts.extend(b.spans.iter().map(|s| s.start_unix_nano))
+                });
+                (
+                    r.map(|s| (s.requests, s.bad, s.first_error))
+                        .map_err(|e| e.to_string()),
+                    starts,
+                )
+            };
+            let (one, starts) = read(1, false);
+            assert_eq!(starts.len(), 199);
+            assert!(starts.windows(2).all(|w| w[0] < w[1]), "file order");
+            assert_eq!(read(3, false), (one.clone(), starts.clone()));
+            let (strict_one, before) = read(1, true);
+            assert!(strict_one.is_err());
+            assert_eq!(before.len(), 40, "what came before the bad one");
+            assert_eq!(read(3, true), (strict_one, before));
+        }
     }
 
     #[test]
