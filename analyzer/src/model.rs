@@ -62,7 +62,26 @@ pub struct Interner {
     capacity: usize,
     overflowed: AtomicU64,
     empty: Sym,
+    /// Tells this interner's entries in the threads' caches from others'.
+    id: u64,
 }
+
+/// Values each thread found interned lately, so that decoders on several
+/// threads do not queue for the shared table: per interner (by id), a few
+/// thousand at most.
+struct LocalCache {
+    tables: Vec<(u64, HashSet<Sym, FxBuild>)>,
+}
+
+const LOCAL_INTERNERS: usize = 4;
+const LOCAL_VALUES: usize = 4096;
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalCache> =
+        const { std::cell::RefCell::new(LocalCache { tables: Vec::new() }) };
+}
+
+static NEXT_INTERNER: AtomicU64 = AtomicU64::new(1);
 
 impl Default for Interner {
     fn default() -> Self {
@@ -77,6 +96,7 @@ impl Interner {
             capacity,
             overflowed: AtomicU64::new(0),
             empty: Arc::from(""),
+            id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -90,17 +110,50 @@ impl Interner {
             return self.empty.clone();
         }
         let value = truncate(value, MAX_VALUE_LEN);
+        let cached = LOCAL.try_with(|local| {
+            let mut local = local.borrow_mut();
+            let tables = &mut local.tables;
+            let at = match tables.iter().position(|(id, _)| *id == self.id) {
+                Some(at) => at,
+                None => {
+                    if tables.len() >= LOCAL_INTERNERS {
+                        tables.remove(0);
+                    }
+                    tables.push((self.id, HashSet::default()));
+                    tables.len() - 1
+                }
+            };
+            let cache = &mut tables[at].1;
+            if let Some(hit) = cache.get(value) {
+                return hit.clone();
+            }
+            let (sym, shared) = self.intern_shared(value);
+            if shared {
+                if cache.len() >= LOCAL_VALUES {
+                    cache.clear();
+                }
+                cache.insert(sym.clone());
+            }
+            sym
+        });
+        // Only while the thread is being torn down is there no cache.
+        cached.unwrap_or_else(|_| self.intern_shared(value).0)
+    }
+
+    /// Intern in the shared table: the value, and whether the table holds it.
+    fn intern_shared(&self, value: &str) -> (Sym, bool) {
         let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = set.get(value) {
-            return existing.clone();
+            return (existing.clone(), true);
         }
         let sym: Sym = Arc::from(value);
         if set.len() < self.capacity {
             set.insert(sym.clone());
+            (sym, true)
         } else {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
+            (sym, false)
         }
-        sym
     }
 
     /// Number of distinct values interned.
@@ -441,6 +494,31 @@ mod tests {
         assert!(!Arc::ptr_eq(&c, &d), "past capacity values are not shared");
         assert_eq!(interner.len(), 2);
         assert_eq!(interner.overflowed(), 2);
+    }
+
+    /// The threads' caches in front of the shared table: threads share
+    /// values, interners keep their own tables and counts.
+    #[test]
+    fn threads_share_values_and_interners_stay_apart() {
+        let one = Arc::new(Interner::with_capacity(10));
+        let here = one.intern("checkout");
+        let there = {
+            let one = one.clone();
+            std::thread::spawn(move || one.intern("checkout"))
+                .join()
+                .unwrap()
+        };
+        assert!(Arc::ptr_eq(&here, &there));
+        let two = Interner::with_capacity(1);
+        two.intern("other");
+        let again = two.intern("checkout");
+        assert!(
+            !Arc::ptr_eq(&here, &again),
+            "not from the other interner's cache"
+        );
+        assert_eq!((one.len(), two.len(), two.overflowed()), (1, 1, 1));
+        // A cached value is still the table's.
+        assert!(Arc::ptr_eq(&one.intern("checkout"), &here));
     }
 
     #[test]

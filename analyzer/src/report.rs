@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use crate::config::{AnalysisConfig, SloConfig};
 use crate::detect::{self, ServiceInput};
@@ -51,23 +52,22 @@ impl Analyzer {
     /// unbounded session's; the evidence then needs a second pass over the
     /// input ([`Signals::evidence_plan`]).
     pub fn bounded_session(&self, max_fact_bytes: usize, check_every: usize) -> Session {
+        let bound = Bound {
+            max_fact_bytes,
+            facts: Facts {
+                min_time: u64::MAX,
+                ..Facts::default()
+            },
+            spans: HashMap::new(),
+            longest: 0,
+            built_to: 0,
+            evicted_to: 0,
+            evicted: false,
+            compacted: false,
+            held_bytes: 0,
+        };
         Session {
-            bound: Some(Bound {
-                max_fact_bytes,
-                check_every: check_every.max(1),
-                facts: Facts {
-                    min_time: u64::MAX,
-                    ..Facts::default()
-                },
-                spans: HashMap::new(),
-                longest: 0,
-                built_to: 0,
-                evicted_to: 0,
-                evicted: false,
-                compacted: false,
-                since: 0,
-                held_bytes: 0,
-            }),
+            bound: Some(Bounder::start(bound, self.clone(), check_every)),
             ..self.session()
         }
     }
@@ -97,14 +97,83 @@ pub struct Session {
     assembler: TraceAssembler,
     points: Vec<MetricPoint>,
     markers: Vec<LogMarker>,
-    bound: Option<Bound>,
+    bound: Option<Bounder>,
+}
+
+/// A bounded session's bookkeeping (merging facts, building buckets,
+/// evicting) runs on a thread of its own, fed in order, so that assembly
+/// does not wait for it.
+struct Bounder {
+    tx: Option<std::sync::mpsc::SyncSender<(Facts, u64)>>,
+    thread: Option<std::thread::JoinHandle<Bound>>,
+    held_bytes: Arc<AtomicUsize>,
+    check_every: usize,
+    since: usize,
+}
+
+impl Bounder {
+    fn start(mut bound: Bound, analyzer: Analyzer, check_every: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Facts, u64)>(1);
+        let held_bytes = Arc::new(AtomicUsize::new(0));
+        let held = held_bytes.clone();
+        let thread = std::thread::Builder::new()
+            .name("herdwatch-bound".into())
+            .spawn(move || {
+                for (new, complete) in rx {
+                    bound.take(new, &analyzer);
+                    bound.compact(complete, &analyzer);
+                    held.store(bound.held_bytes, AtomicOrdering::Relaxed);
+                }
+                bound
+            })
+            .expect("spawn the bounded session's thread");
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            held_bytes,
+            check_every: check_every.max(1),
+            since: 0,
+        }
+    }
+
+    /// Hand over what the assembler completed, with the time before which
+    /// the data is complete.
+    fn send(&mut self, assembler: &mut TraceAssembler, analyzer: &Analyzer) {
+        let complete = complete_before(assembler, analyzer.config.bucket_nanos());
+        let new = assembler.take_facts();
+        if let Some(tx) = &self.tx
+            && tx.send((new, complete)).is_err()
+        {
+            self.tx = None; // the thread panicked: `finish` says so
+        }
+    }
+
+    /// Everything handed over is merged: the state back.
+    fn finish(mut self) -> Bound {
+        self.tx = None;
+        match self.thread.take().expect("finished once").join() {
+            Ok(bound) => bound,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// The bucket boundary before which no pending trace starts and the grace
+/// has passed: buckets there are complete.
+fn complete_before(assembler: &TraceAssembler, width: u64) -> u64 {
+    let watermark = assembler.watermark();
+    assembler
+        .pending_from()
+        .unwrap_or(watermark)
+        .min(watermark.saturating_sub(assembler.grace()))
+        / width
+        * width
 }
 
 /// A bounded session's state: facts merged as traces complete, and the
 /// span buckets built so far (as a live analysis keeps them).
 struct Bound {
     max_fact_bytes: usize,
-    check_every: usize,
     facts: Facts,
     spans: HashMap<Sym, SpanBuckets>,
     /// Longest recompute or database operation seen: facts this long before
@@ -117,7 +186,6 @@ struct Bound {
     /// Facts were dropped: the evidence needs a second pass.
     evicted: bool,
     compacted: bool,
-    since: usize,
     /// Fact bytes at the last look.
     held_bytes: usize,
 }
@@ -138,8 +206,7 @@ impl Session {
             b.since += n;
             if b.since >= b.check_every {
                 b.since = 0;
-                b.take(&mut self.assembler, &self.analyzer);
-                b.compact(&self.assembler, &self.analyzer);
+                b.send(&mut self.assembler, &self.analyzer);
             }
         }
     }
@@ -151,7 +218,9 @@ impl Session {
     /// Memory held by a bounded session's facts (as counted against its
     /// budget) the last time it looked; 0 when unbounded.
     pub fn fact_bytes(&self) -> usize {
-        self.bound.as_ref().map_or(0, |b| b.held_bytes)
+        self.bound
+            .as_ref()
+            .map_or(0, |b| b.held_bytes.load(AtomicOrdering::Relaxed))
     }
 
     /// The first half of [`Session::finish`]: the last traces reduced and
@@ -164,10 +233,14 @@ impl Session {
             markers,
             bound,
         } = self;
+        let bound = bound.map(|b| {
+            let mut b = b.finish();
+            assembler.flush();
+            b.take(assembler.take_facts(), &analyzer);
+            b
+        });
         let (facts, series, partial) = match bound {
             Some(mut b) if b.compacted => {
-                assembler.flush();
-                b.take(&mut assembler, &analyzer);
                 b.built_to = b.built_to.min(b.facts.max_time);
                 b.rebuild(b.built_to, b.facts.max_time, &analyzer)?;
                 let mut facts = b.facts;
@@ -191,10 +264,8 @@ impl Session {
                     signals::with_metrics(spans, &points, t0, n, &analyzer.config, &analyzer.slos);
                 (facts, series, b.evicted)
             }
-            Some(mut b) => {
+            Some(b) => {
                 // Within the budget: the facts it merged, as a whole.
-                assembler.flush();
-                b.take(&mut assembler, &analyzer);
                 let mut facts = b.facts;
                 if facts.min_time == u64::MAX {
                     facts.min_time = 0;
@@ -224,8 +295,7 @@ impl Session {
 
 impl Bound {
     /// Merge what the assembler completed.
-    fn take(&mut self, assembler: &mut TraceAssembler, analyzer: &Analyzer) {
-        let new = assembler.take_facts();
+    fn take(&mut self, new: Facts, analyzer: &Analyzer) {
         for (s, e) in new
             .recomputes
             .iter()
@@ -272,15 +342,8 @@ impl Bound {
     /// starts there): the series grow a piece at a time, never as one plan
     /// over every fact. Over budget, drop the facts only those buckets
     /// needed.
-    fn compact(&mut self, assembler: &TraceAssembler, analyzer: &Analyzer) {
+    fn compact(&mut self, complete: u64, analyzer: &Analyzer) {
         let width = analyzer.config.bucket_nanos();
-        let watermark = assembler.watermark();
-        let complete = assembler
-            .pending_from()
-            .unwrap_or(watermark)
-            .min(watermark.saturating_sub(assembler.grace()))
-            / width
-            * width;
         let from = if self.compacted {
             self.built_to
         } else {

@@ -113,7 +113,7 @@ pub struct Facts {
     /// (service, version, instance) → first and last time seen.
     pub versions: HashMap<(Sym, Sym, Sym), (u64, u64)>,
     /// (service, cache server address) → first time seen.
-    pub cache_nodes: HashMap<(Sym, Sym), u64>,
+    pub cache_nodes: HashMap<(Sym, Sym), u64, FxBuild>,
     pub spans: u64,
     pub traces: u64,
     /// Lookups whose outcome was given by an attribute.
