@@ -423,21 +423,16 @@ impl Units for Lines<'_> {
             let read = (&mut self.reader)
                 .take(MAX_LINE as u64 + 1)
                 .read_line(&mut line)
-                .map_err(|e| FileError::Line {
-                    path: self.path.into(),
-                    line: self.n + 1,
-                    message: format!("cannot read line: {e}"),
+                .map_err(|e| {
+                    Loc::Line(self.n + 1).error(self.path, format!("cannot read line: {e}"))
                 })?;
             if read == 0 {
                 return Ok(None);
             }
             self.n += 1;
             if read > MAX_LINE {
-                return Err(FileError::Line {
-                    path: self.path.into(),
-                    line: self.n,
-                    message: format!("line longer than {MAX_LINE} bytes"),
-                });
+                let message = format!("line longer than {MAX_LINE} bytes");
+                return Err(Loc::Line(self.n).error(self.path, message));
             }
             let text = line.trim();
             if text.is_empty() {
@@ -461,11 +456,7 @@ struct Frames<'p> {
 impl Units for Frames<'_> {
     fn next_unit(&mut self) -> Result<Option<(Loc, Unit)>, FileError> {
         let offset = self.offset;
-        let err = |message: String| FileError::Offset {
-            path: self.path.into(),
-            offset,
-            message,
-        };
+        let err = |message: String| Loc::Byte(offset).error(self.path, message);
         let Some((len, prefix)) = read_varint(&mut self.reader).map_err(|e| err(e.to_string()))?
         else {
             return Ok(None);
