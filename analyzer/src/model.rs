@@ -453,6 +453,15 @@ impl Batch {
         self.spans.is_empty() && self.points.is_empty() && self.markers.is_empty()
     }
 
+    /// The earliest time in the batch (span starts, point and record
+    /// times): where it goes in a stream merged by time.
+    pub fn earliest(&self) -> Option<u64> {
+        let spans = self.spans.iter().map(|s| s.start_unix_nano);
+        let points = self.points.iter().map(|p| p.time_unix_nano);
+        let markers = self.markers.iter().map(|m| m.time_unix_nano);
+        spans.chain(points).chain(markers).min()
+    }
+
     pub fn extend(&mut self, other: Batch) {
         self.spans.extend(other.spans);
         self.points.extend(other.points);

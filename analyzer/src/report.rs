@@ -65,6 +65,7 @@ impl Analyzer {
             evicted: false,
             compacted: false,
             held_bytes: 0,
+            late_requests: 0,
         };
         Session {
             bound: Some(Bounder::start(bound, self.clone(), check_every)),
@@ -188,6 +189,8 @@ struct Bound {
     compacted: bool,
     /// Fact bytes at the last look.
     held_bytes: usize,
+    /// Requests that arrived after the buckets they belong to were final.
+    late_requests: u64,
 }
 
 /// Spans between two looks at a bounded session's memory (the CLI's), and
@@ -239,6 +242,7 @@ impl Session {
             b.take(assembler.take_facts(), &analyzer);
             b
         });
+        let late_requests = bound.as_ref().map_or(0, |b| b.late_requests);
         let (facts, series, partial) = match bound {
             Some(mut b) if b.compacted => {
                 b.built_to = b.built_to.min(b.facts.max_time);
@@ -289,13 +293,22 @@ impl Session {
             metric_points: points.len() as u64,
             log_markers: markers.len() as u64,
             partial,
+            late_requests,
         })
     }
 }
 
 impl Bound {
     /// Merge what the assembler completed.
-    fn take(&mut self, new: Facts, analyzer: &Analyzer) {
+    fn take(&mut self, mut new: Facts, analyzer: &Analyzer) {
+        // Input that goes back in time (files covering the same hours)
+        // past what was dropped: no bucket it joins can be rebuilt, so its
+        // rows go at once and the report says so.
+        if self.evicted {
+            let final_to = self.evicted_to.saturating_add(self.longest);
+            self.late_requests += new.requests.iter().filter(|r| r.start < final_to).count() as u64;
+            new.drop_rows_before(self.evicted_to);
+        }
         for (s, e) in new
             .recomputes
             .iter()
@@ -349,18 +362,24 @@ impl Bound {
         } else {
             self.facts.min_time / width * width
         };
-        if complete <= from || self.facts.spans == 0 {
-            return;
+        // Nothing new is complete when the input went back in time (files
+        // that cover the same hours): late rows were merged into the built
+        // buckets as they came, and the budget still holds.
+        if complete > from && self.facts.spans > 0 {
+            if self.rebuild(from, complete - 1, analyzer).is_err() {
+                return; // keep the facts: signals() reports the error
+            }
+            self.built_to = complete;
+            self.compacted = true;
         }
-        if self.rebuild(from, complete - 1, analyzer).is_err() {
-            return; // keep the facts: signals() reports the error
-        }
-        self.built_to = complete;
-        self.compacted = true;
         self.held_bytes = self.facts.row_bytes();
-        if self.held_bytes > self.max_fact_bytes {
+        if self.compacted && self.held_bytes > self.max_fact_bytes {
+            // Only the buckets not built yet need facts, and only those as
+            // far back as the longest operation reaches.
             self.evicted = true;
-            self.evicted_to = complete.saturating_sub(self.longest);
+            self.evicted_to = self
+                .evicted_to
+                .max(self.built_to.saturating_sub(self.longest));
             self.facts.evict_reserved_before(self.evicted_to);
         }
     }
@@ -375,6 +394,8 @@ pub struct Signals {
     log_markers: u64,
     /// A bounded session dropped facts: the evidence needs a second pass.
     partial: bool,
+    /// Requests a bounded session could not put in its final buckets.
+    late_requests: u64,
 }
 
 /// Where the evidence of a bounded session's incidents lies: for each
@@ -817,14 +838,21 @@ impl Signals {
     /// The report of a bounded analysis, with the incidents its second
     /// pass decided.
     pub fn report_with(&self, incidents: Vec<crate::incident::Incident>) -> Report {
-        report_from(
+        let mut report = report_from(
             &self.analyzer,
             incidents,
             &self.series,
             (self.facts.spans, self.facts.traces),
             self.metric_points,
             self.log_markers,
-        )
+        );
+        if self.late_requests > 0 {
+            report.notes.push(format!(
+                "{} requests came after the part of the series they belong to was final (the input goes back in time, e.g. files that cover the same hours) and are not in the series; analyse such files with --fact-mib 0, or merged in time order",
+                self.late_requests
+            ));
+        }
+        report
     }
 }
 

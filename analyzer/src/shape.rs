@@ -311,6 +311,15 @@ impl Facts {
         evict_sorted(&mut self.fills, |f| f.t, t, shrink);
     }
 
+    /// Forget the rows (in any order) before `t`.
+    pub fn drop_rows_before(&mut self, t: u64) {
+        self.requests.retain(|r| r.start >= t);
+        self.lookups.retain(|l| l.t >= t);
+        self.recomputes.retain(|r| r.start >= t);
+        self.db_ops.retain(|d| d.start >= t);
+        self.fills.retain(|f| f.t >= t);
+    }
+
     /// Free every per-request row; versions, markers and counts stay.
     pub fn drop_rows(&mut self) {
         self.requests = Vec::new();

@@ -115,7 +115,8 @@ const BASELINE_SAMPLE: usize = 20_000;
 /// Decoded batches waiting for the assembly thread.
 const ANALYZE_QUEUE: usize = 64;
 
-/// Read every file, sending its batches to `tx`; per-file statistics.
+/// Read every file, merged in time order, sending the batches to `tx`;
+/// per-file statistics.
 fn read_all<'a>(
     files: &'a [PathBuf],
     decoder: &Decoder,
@@ -123,19 +124,14 @@ fn read_all<'a>(
     tx: &std::sync::mpsc::SyncSender<Batch>,
 ) -> anyhow::Result<Vec<(&'a PathBuf, files::ReadStats)>> {
     // Decoding is most of the work: one decoder per core, the batches
-    // still in file order.
+    // still in file (and time) order.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    files
-        .iter()
-        .map(|path| {
-            let stats = files::read_file_with(path, decoder, strict, workers, &mut |b| {
-                // The receiver only goes away if it panicked; join reports that.
-                let _ = tx.send(b);
-            })
-            .map_err(|e| BadInput(e.to_string()))?;
-            Ok((path, stats))
-        })
-        .collect()
+    let stats = files::read_files(files, decoder, strict, workers, &mut |b| {
+        // The receiver only goes away if it panicked; join reports that.
+        let _ = tx.send(b);
+    })
+    .map_err(|e| BadInput(e.to_string()))?;
+    Ok(files.iter().zip(stats).collect())
 }
 
 /// Read `args.files` on this thread and push the batches to `sink` on

@@ -9,7 +9,7 @@ use herdwatch_analyzer::Analyzer;
 use herdwatch_analyzer::incident::{Kind, Report};
 use herdwatch_analyzer::model::Interner;
 use herdwatch_collector::decode::Decoder;
-use herdwatch_collector::files::read_file;
+use herdwatch_collector::files::{read_file, read_files};
 use herdwatch_samples::{
     Capture, EPOCH_UNIX_SECONDS, EmitOptions, Format, Mitigation, Scenario, Semconv, Truth,
 };
@@ -172,18 +172,112 @@ fn every_committed_sample_gets_its_verdict_and_its_golden_report() {
 /// needs, so the first pass builds buckets and drops facts as it goes, then
 /// a second pass over the file keeps the evidence windows' facts only.
 fn analyse_file_bounded(path: &Path, fact_bytes: usize) -> (Report, Option<usize>) {
+    analyse_files_bounded(&[path.to_owned()], fact_bytes)
+}
+
+/// `herdwatch analyze --fact-mib` in process: read (merged in time order),
+/// and again for the evidence when the facts went over the budget.
+fn analyse_files_bounded(paths: &[PathBuf], fact_bytes: usize) -> (Report, Option<usize>) {
     let decoder = Decoder::new(Arc::new(Interner::default()));
     let analyzer = Analyzer::new(Default::default(), Vec::new());
     let mut session = analyzer.bounded_session(fact_bytes, 2048);
-    read_file(path, &decoder, true, &mut |b| session.push(b)).expect("read");
+    read_files(paths, &decoder, true, 2, &mut |b| session.push(b)).expect("read");
     let signals = session.signals().expect("signals");
     let Some(plan) = signals.evidence_plan() else {
         return (signals.report(), None);
     };
     let windows = plan.windows().len();
     let mut evidence = plan.session(usize::MAX);
-    read_file(path, &decoder, true, &mut |b| evidence.push(b)).expect("read again");
+    read_files(paths, &decoder, true, 2, &mut |b| evidence.push(b)).expect("read again");
     (signals.report_with(evidence.finish()), Some(windows))
+}
+
+/// A committed sample dealt out line by line into files that all cover the
+/// same hours, as collectors behind a load balancer write them: the spans
+/// of one trace land in different files.
+fn deal_out(scenario: Scenario, files: usize) -> Vec<PathBuf> {
+    use std::io::{BufRead, Write};
+    let (path, _) = committed(scenario);
+    let lines = std::io::BufReader::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&path).expect("sample"),
+    ));
+    let paths: Vec<PathBuf> = (0..files)
+        .map(|i| {
+            std::env::temp_dir().join(format!(
+                "hw-dealt-{}-{}-{i}.jsonl",
+                std::process::id(),
+                scenario.name()
+            ))
+        })
+        .collect();
+    let mut out: Vec<_> = paths
+        .iter()
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("create")))
+        .collect();
+    for (n, line) in lines.lines().enumerate() {
+        writeln!(out[n % files], "{}", line.expect("line")).expect("write");
+    }
+    for mut o in out {
+        o.flush().expect("flush");
+    }
+    paths
+}
+
+/// Input that goes back in time past what a bounded session already
+/// dropped (the same file twice, one after the other): its rows are left
+/// out at once (the facts stay within the budget), and the report says how
+/// many requests that was.
+#[test]
+fn input_that_goes_back_in_time_is_left_out_and_said_so() {
+    let (path, _) = committed(Scenario::HotKeyExpiry);
+    let decoder = Decoder::new(Arc::new(Interner::default()));
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let budget = 64 << 10;
+    let mut session = analyzer.bounded_session(budget, 2048);
+    for _ in 0..2 {
+        read_file(&path, &decoder, true, &mut |b| session.push(b)).expect("read");
+    }
+    let signals = session.signals().expect("signals");
+    let report = signals.report_with(Vec::new());
+    let late: Vec<_> = report
+        .notes
+        .iter()
+        .filter(|n| n.contains("after the part of the series they belong to was final"))
+        .collect();
+    assert_eq!(late.len(), 1, "{:?}", report.notes);
+    let n: u64 = late[0].split(' ').next().unwrap().parse().unwrap();
+    assert!(n > 0, "{}", late[0]);
+}
+
+/// Files that cover the same hours, over the budget: the same report as
+/// the one file analysed whole. Read one after the other, the second
+/// file's rows would come after the buckets they belong to were final.
+#[test]
+fn files_over_the_same_hours_give_the_report_of_one_file() {
+    for s in [Scenario::MultiService, Scenario::HotKeyExpiry] {
+        let whole = analyse_file(&committed(s).0);
+        let paths = deal_out(s, 3);
+        let (dealt, windows) = analyse_files_bounded(&paths, 64 << 10);
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        assert!(windows.is_some(), "{}: over the budget", s.name());
+        assert!(
+            dealt
+                .notes
+                .iter()
+                .all(|n| !n.contains("after the part of the series")),
+            "{}: {:?}",
+            s.name(),
+            dealt.notes
+        );
+        let (d, w) = (golden_form(&dealt), golden_form(&whole));
+        if d != w {
+            let out = std::env::temp_dir().join(format!("{}.dealt.json", s.name()));
+            std::fs::write(&out, &d).unwrap();
+            panic!("{}: the report differs: {}", s.name(), out.display());
+        }
+    }
 }
 
 /// Every committed sample, with 64 KiB of facts at a time (two passes), and
