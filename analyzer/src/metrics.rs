@@ -444,6 +444,25 @@ mod tests {
         }
     }
 
+    /// A point that came again goes; one of another value, time or
+    /// series at the same time stays.
+    #[test]
+    fn repeated_points_are_kept_once() {
+        let used = [("state", "used")];
+        let a = gauge("db.client.connection.count", 10, 3.0, &used);
+        let mut points = vec![
+            a.clone(),
+            gauge("db.client.connection.count", 10, 4.0, &used),
+            a.clone(),
+            gauge("db.client.connection.count", 11, 3.0, &used),
+            gauge("db.client.connection.count", 10, 3.0, &[("state", "idle")]),
+            a.clone(),
+        ];
+        let want: Vec<_> = [0, 1, 3, 4].iter().map(|&i| points[i].clone()).collect();
+        assert_eq!(crate::model::drop_repeated(&mut points, &mut Vec::new()), 2);
+        assert_eq!(points, want);
+    }
+
     #[test]
     fn server_backends_stand_in_for_pool_use_only_without_pool_metrics() {
         let s = 1_000_000_000;

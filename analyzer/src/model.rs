@@ -5,7 +5,7 @@
 //! operation, statement) are [`Sym`]s handed out by an [`Interner`], so each
 //! distinct value is stored once however many spans carry it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -403,6 +403,37 @@ impl MetricPoint {
                 _ => 0,
             }
     }
+}
+
+/// Drop the points and log records that came again (the same series,
+/// times and value; the same marker at the same time): a retried export, a
+/// file given twice. How many went; the first of each stays, in order.
+pub fn drop_repeated(points: &mut Vec<MetricPoint>, markers: &mut Vec<LogMarker>) -> u64 {
+    let before = points.len() + markers.len();
+    let mut seen: HashMap<(String, u64, u64), Vec<usize>> = HashMap::new();
+    let mut kept: Vec<MetricPoint> = Vec::with_capacity(points.len());
+    for p in std::mem::take(points) {
+        let firsts = seen
+            .entry((p.series_key(), p.start_unix_nano, p.time_unix_nano))
+            .or_default();
+        if firsts.iter().any(|&i| kept[i] == p) {
+            continue;
+        }
+        firsts.push(kept.len());
+        kept.push(p);
+    }
+    *points = kept;
+    let mut marks: HashSet<(Sym, Sym, u64, MarkerKind, Sym)> = HashSet::new();
+    markers.retain(|m| {
+        marks.insert((
+            m.resource.service.clone(),
+            m.resource.instance.clone(),
+            m.time_unix_nano,
+            m.kind,
+            m.body.clone(),
+        ))
+    });
+    (before - points.len() - markers.len()) as u64
 }
 
 /// What a kept log record marks.

@@ -232,10 +232,11 @@ impl Session {
         let Session {
             analyzer,
             mut assembler,
-            points,
-            markers,
+            mut points,
+            mut markers,
             bound,
         } = self;
+        let repeated_records = crate::model::drop_repeated(&mut points, &mut markers);
         let bound = bound.map(|b| {
             let mut b = b.finish();
             assembler.flush();
@@ -294,6 +295,7 @@ impl Session {
             log_markers: markers.len() as u64,
             partial,
             late_requests,
+            repeated_records,
         })
     }
 }
@@ -396,6 +398,8 @@ pub struct Signals {
     partial: bool,
     /// Requests a bounded session could not put in its final buckets.
     late_requests: u64,
+    /// Metric points and log records that came more than once.
+    repeated_records: u64,
 }
 
 /// Where the evidence of a bounded session's incidents lies: for each
@@ -826,13 +830,38 @@ impl Signals {
     /// its incidents from [`Signals::evidence_plan`] and
     /// [`Signals::report_with`] instead.
     pub fn report(&self) -> Report {
-        report_of(
+        let mut report = report_of(
             &self.analyzer,
             &self.facts,
             &self.series,
             self.metric_points,
             self.log_markers,
-        )
+        );
+        self.note_input(&mut report);
+        report
+    }
+
+    /// What the input held twice, or too late to count.
+    fn note_input(&self, report: &mut Report) {
+        let spans = self.facts.duplicate_spans;
+        let records = self.repeated_records;
+        let what = match (spans, records) {
+            (0, 0) => None,
+            (s, 0) => Some(format!("{s} spans")),
+            (0, r) => Some(format!("{r} metric points or log records")),
+            (s, r) => Some(format!("{s} spans and {r} metric points or log records")),
+        };
+        if let Some(what) = what {
+            report.notes.push(format!(
+                "{what} came more than once (a retried export, or a file given twice) and were counted once"
+            ));
+        }
+        if self.late_requests > 0 {
+            report.notes.push(format!(
+                "{} requests came after the part of the series they belong to was final (the input goes back in time, e.g. files that cover the same hours) and are not in the series; analyse such files with --fact-mib 0, or merged in time order",
+                self.late_requests
+            ));
+        }
     }
 
     /// The report of a bounded analysis, with the incidents its second
@@ -842,16 +871,11 @@ impl Signals {
             &self.analyzer,
             incidents,
             &self.series,
-            (self.facts.spans, self.facts.traces),
+            &self.facts,
             self.metric_points,
             self.log_markers,
         );
-        if self.late_requests > 0 {
-            report.notes.push(format!(
-                "{} requests came after the part of the series they belong to was final (the input goes back in time, e.g. files that cover the same hours) and are not in the series; analyse such files with --fact-mib 0, or merged in time order",
-                self.late_requests
-            ));
-        }
+        self.note_input(&mut report);
         report
     }
 }
@@ -888,7 +912,7 @@ pub fn report_of(
         analyzer,
         incidents,
         series,
-        (facts.spans, facts.traces),
+        facts,
         metric_points,
         log_markers,
     )
@@ -899,12 +923,13 @@ fn report_from(
     analyzer: &Analyzer,
     mut incidents: Vec<crate::incident::Incident>,
     series: &[ServiceSeries],
-    (spans, traces): (u64, u64),
+    facts: &crate::shape::Facts,
     metric_points: u64,
     log_markers: u64,
 ) -> Report {
     let config = &analyzer.config;
     let mut notes = Vec::new();
+
     let services = series.iter().map(summary).collect();
     sort_incidents(&mut incidents);
     if let Some(s) = series.first() {
@@ -926,8 +951,8 @@ fn report_from(
         services,
         notes,
         input: InputSummary {
-            spans,
-            traces,
+            spans: facts.spans - facts.duplicate_spans,
+            traces: facts.traces,
             metric_points,
             log_markers,
             start_unix_nano: start,

@@ -114,7 +114,11 @@ pub struct Facts {
     pub versions: HashMap<(Sym, Sym, Sym), (u64, u64)>,
     /// (service, cache server address) → first time seen.
     pub cache_nodes: HashMap<(Sym, Sym), u64, FxBuild>,
+    /// Spans pushed, duplicates included.
     pub spans: u64,
+    /// Spans that came again in their trace (same span id, start and end:
+    /// a retried export, a file given twice) and were reduced once.
+    pub duplicate_spans: u64,
     pub traces: u64,
     /// Lookups whose outcome was given by an attribute.
     pub attribute_lookups: u64,
@@ -157,6 +161,32 @@ fn merge_sorted<T>(v: &mut Vec<T>, mut new: Vec<T>, order: fn(&T, &T) -> Orderin
     let from = v.partition_point(|x| order(x, &new[0]) != Ordering::Greater);
     v.extend(new);
     v[from..].sort_by(order);
+}
+
+/// Drop the spans of a trace sorted by (start, end) that came again (same
+/// span id, start and end); how many went. Copies of a span sort together
+/// among the spans of their (start, end).
+fn drop_duplicates(spans: &mut Vec<SpanRow>) -> usize {
+    let key = |s: &SpanRow| (s.start_unix_nano, s.end_unix_nano);
+    let mut kept = 0;
+    // The kept spans of the current (start, end), from here to `kept`.
+    let mut run = 0;
+    for i in 0..spans.len() {
+        if kept > 0 && key(&spans[run]) != key(&spans[i]) {
+            run = kept;
+        }
+        if spans[run..kept]
+            .iter()
+            .any(|k| k.span_id == spans[i].span_id)
+        {
+            continue;
+        }
+        spans.swap(kept, i);
+        kept += 1;
+    }
+    let dropped = spans.len() - kept;
+    spans.truncate(kept);
+    dropped
 }
 
 /// Traces up to this many spans find parents by a scan.
@@ -238,6 +268,7 @@ impl Facts {
         }
         self.markers.extend(new.markers);
         self.spans += new.spans;
+        self.duplicate_spans += new.duplicate_spans;
         self.traces += new.traces;
         self.attribute_lookups += new.attribute_lookups;
         if new.spans > 0 {
@@ -595,6 +626,7 @@ impl TraceAssembler {
     fn reduce(&mut self, mut spans: Vec<SpanRow>) {
         self.facts.traces += 1;
         sort_spans(&mut spans);
+        self.facts.duplicate_spans += drop_duplicates(&mut spans) as u64;
         let config = self.config.clone();
         let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
         // Most traces hold a handful of spans: a scan finds a parent faster
@@ -870,6 +902,34 @@ pub(crate) mod tests {
 
     /// The key sort of a trace's spans is the stable sort by (start, end),
     /// for every order of arrival (ties included).
+    #[test]
+    fn a_span_that_came_again_is_reduced_once() {
+        let a = span(1, 1, 0, SpanKind::Server, 1, 4);
+        let b = span(1, 2, 1, SpanKind::Client, 5, 9);
+        let c = span(1, 3, 1, SpanKind::Client, 5, 9);
+        // Same id, other times: not a copy.
+        let a_later = span(1, 1, 0, SpanKind::Server, 2, 4);
+        let mut v = vec![
+            a.clone(),
+            b.clone(),
+            a.clone(),
+            c.clone(),
+            b.clone(),
+            a_later.clone(),
+        ];
+        sort_spans(&mut v);
+        assert_eq!(drop_duplicates(&mut v), 2);
+        let ids: Vec<_> = v
+            .iter()
+            .map(|s| (s.span_id[7], s.start_unix_nano / 1_000_000))
+            .collect();
+        assert_eq!(ids, [(1, 1), (1, 2), (2, 5), (3, 5)]);
+        let mut once = vec![a, b, c, a_later];
+        sort_spans(&mut once);
+        assert_eq!(drop_duplicates(&mut once), 0);
+        assert_eq!(once.len(), 4);
+    }
+
     #[test]
     fn spans_sort_as_a_stable_sort_would() {
         let times = [(5, 9), (1, 4), (5, 9), (0, 10), (5, 7)];

@@ -249,6 +249,34 @@ fn input_that_goes_back_in_time_is_left_out_and_said_so() {
     assert!(n > 0, "{}", late[0]);
 }
 
+/// The same file given twice (read merged, bounded or not): every span
+/// counted once, the report of one file, and a note that says so.
+#[test]
+fn a_file_given_twice_gives_the_report_of_one() {
+    let s = Scenario::HotKeyExpiry;
+    let path = committed(s).0;
+    let whole = analyse_file(&path);
+    let twice = [path.clone(), path];
+    for budget in [usize::MAX, 64 << 10] {
+        let (mut report, _) = analyse_files_bounded(&twice, budget);
+        let note = format!(
+            "{} spans and {} metric points or log records came more than once (a retried export, or a file given twice) and were counted once",
+            whole.input.spans,
+            whole.input.metric_points + whole.input.log_markers
+        );
+        let at = report.notes.iter().position(|n| *n == note);
+        assert!(at.is_some(), "{budget}: {:?}", report.notes);
+        report.notes.remove(at.unwrap_or_default());
+        let (t, w) = (golden_form(&report), golden_form(&whole));
+        if t != w {
+            let out = std::env::temp_dir().join(format!("{}.twice.json", s.name()));
+            std::fs::write(&out, &t).unwrap();
+            std::fs::write(out.with_extension("whole.json"), &w).unwrap();
+            panic!("{budget}: the report differs: {}", out.display());
+        }
+    }
+}
+
 /// Files that cover the same hours, over the budget: the same report as
 /// the one file analysed whole. Read one after the other, the second
 /// file's rows would come after the buckets they belong to were final.
