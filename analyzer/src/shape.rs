@@ -181,7 +181,9 @@ fn drop_duplicates(spans: &mut Vec<SpanRow>) -> usize {
         {
             continue;
         }
-        spans.swap(kept, i);
+        if kept != i {
+            spans.swap(kept, i);
+        }
         kept += 1;
     }
     let dropped = spans.len() - kept;

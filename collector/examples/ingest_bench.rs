@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
-fn cpu_seconds(pid: u32) -> f64 {
+/// User and system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 fn hwm_kib(pid: u32) -> u64 {
@@ -107,13 +108,18 @@ async fn main() {
         sent += h.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let (user, sys) = cpu_seconds(pid);
+    let (user, sys) = (user - cpu0.0, sys - cpu0.1);
+    let cpu = user + sys;
     let rss = hwm_kib(pid);
+    let per_span = |s: f64| s * 1e6 / sent.max(1) as f64;
     println!(
-        "ingest {transport}{}: {sent} spans in {elapsed:.1} s = {:.0} spans/s; server CPU {:.2} µs/span ({:.0} % of a core); peak RSS {:.1} MiB",
+        "ingest {transport}{}: {sent} spans in {elapsed:.1} s = {:.0} spans/s; server CPU {:.2} µs/span (user {:.2}, system {:.2}; {:.0} % of a core); peak RSS {:.1} MiB",
         if live { " (live analysis on)" } else { "" },
         sent as f64 / elapsed,
-        cpu * 1e6 / sent.max(1) as f64,
+        per_span(cpu),
+        per_span(user),
+        per_span(sys),
         cpu / elapsed * 100.0,
         rss as f64 / 1024.0
     );
