@@ -1173,6 +1173,73 @@ pub fn render_text(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    const SECOND: u64 = 1_000_000_000;
+
+    /// One request a second, from `from_s`, of 10 ms each.
+    fn requests(from_s: u64, n: u64) -> Facts {
+        let e: Sym = Arc::from("");
+        let mut f = Facts {
+            min_time: from_s * SECOND,
+            ..Facts::default()
+        };
+        for i in 0..n {
+            let start = (from_s + i) * SECOND;
+            f.requests.push(crate::shape::RequestFact {
+                service: Arc::from("shop"),
+                route: Arc::from("/"),
+                method: Arc::from("GET"),
+                url_path: e.clone(),
+                start,
+                end: start + SECOND / 100,
+                error: false,
+                trace_id: [(i % 251) as u8; 16],
+                missed: false,
+                resend: false,
+            });
+            f.max_time = start + SECOND / 100;
+        }
+        f.spans = n;
+        f
+    }
+
+    /// Input that goes back in time, once the facts no longer fit: what
+    /// the built buckets needed goes, though nothing new is complete, and
+    /// what comes later for them is left out and counted.
+    #[test]
+    fn a_bound_stays_within_its_budget_when_the_input_goes_back_in_time() {
+        let analyzer = Analyzer::new(Default::default(), Vec::new());
+        let one = requests(1000, 600).row_bytes();
+        let mut b = Bound {
+            max_fact_bytes: one * 3 / 2,
+            facts: Facts::default(),
+            spans: HashMap::new(),
+            longest: 0,
+            built_to: 0,
+            evicted_to: 0,
+            evicted: false,
+            compacted: false,
+            held_bytes: 0,
+            late_requests: 0,
+        };
+        b.take(requests(1000, 600), &analyzer);
+        b.compact(1600 * SECOND, &analyzer);
+        assert!(b.compacted && !b.evicted, "it fits");
+        // The same 600 seconds again: the pending data now starts at 1000 s.
+        b.take(requests(1000, 600), &analyzer);
+        b.compact(1000 * SECOND, &analyzer);
+        assert!(b.evicted, "over the budget");
+        assert!(
+            b.facts.row_bytes() <= b.max_fact_bytes,
+            "{}",
+            b.facts.row_bytes()
+        );
+        let held = b.facts.row_bytes();
+        b.take(requests(1000, 600), &analyzer);
+        b.compact(1000 * SECOND, &analyzer);
+        assert_eq!(b.facts.row_bytes(), held, "left out at once");
+        assert_eq!(b.late_requests, 600);
+    }
+
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
