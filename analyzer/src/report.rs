@@ -48,27 +48,17 @@ impl Analyzer {
 
     /// A session whose per-request facts stay within `max_fact_bytes`
     /// (looked at every `check_every` spans): past it, the buckets of the
-    /// complete part of the data are built and its facts dropped. The series (and so detection) are the same as an
-    /// unbounded session's; the evidence then needs a second pass over the
-    /// input ([`Signals::evidence_plan`]).
+    /// complete part of the data are built and its facts dropped. The
+    /// series (and so detection) are the same as an unbounded session's;
+    /// the evidence then needs a second pass over the input
+    /// ([`Signals::evidence_plan`]).
     pub fn bounded_session(&self, max_fact_bytes: usize, check_every: usize) -> Session {
-        let bound = Bound {
-            max_fact_bytes,
-            facts: Facts {
-                min_time: u64::MAX,
-                ..Facts::default()
-            },
-            spans: HashMap::new(),
-            longest: 0,
-            built_to: 0,
-            evicted_to: 0,
-            evicted: false,
-            compacted: false,
-            held_bytes: 0,
-            late_requests: 0,
-        };
         Session {
-            bound: Some(Bounder::start(bound, self.clone(), check_every)),
+            bound: Some(Bounder::start(
+                Bound::new(max_fact_bytes),
+                self.clone(),
+                check_every,
+            )),
             ..self.session()
         }
     }
@@ -301,6 +291,24 @@ impl Session {
 }
 
 impl Bound {
+    fn new(max_fact_bytes: usize) -> Self {
+        Self {
+            max_fact_bytes,
+            facts: Facts {
+                min_time: u64::MAX,
+                ..Facts::default()
+            },
+            spans: HashMap::new(),
+            longest: 0,
+            built_to: 0,
+            evicted_to: 0,
+            evicted: false,
+            compacted: false,
+            held_bytes: 0,
+            late_requests: 0,
+        }
+    }
+
     /// Merge what the assembler completed.
     fn take(&mut self, mut new: Facts, analyzer: &Analyzer) {
         // Input that goes back in time (files covering the same hours)
@@ -1209,18 +1217,7 @@ mod tests {
     fn a_bound_stays_within_its_budget_when_the_input_goes_back_in_time() {
         let analyzer = Analyzer::new(Default::default(), Vec::new());
         let one = requests(1000, 600).row_bytes();
-        let mut b = Bound {
-            max_fact_bytes: one * 3 / 2,
-            facts: Facts::default(),
-            spans: HashMap::new(),
-            longest: 0,
-            built_to: 0,
-            evicted_to: 0,
-            evicted: false,
-            compacted: false,
-            held_bytes: 0,
-            late_requests: 0,
-        };
+        let mut b = Bound::new(one * 3 / 2);
         b.take(requests(1000, 600), &analyzer);
         b.compact(1600 * SECOND, &analyzer);
         assert!(b.compacted && !b.evicted, "it fits");
