@@ -803,7 +803,6 @@ mod tests {
     use super::*;
     use crate::config::SloConfig;
     use crate::signals::{Bucket, Coverage};
-    use std::sync::Arc;
 
     /// 30 calm buckets (10 lookups, 2 lone refills each), then `last`.
     fn series_with(last: Bucket) -> ServiceSeries {
@@ -821,7 +820,7 @@ mod tests {
         let mut buckets = vec![calm; 30];
         buckets.push(last);
         ServiceSeries {
-            service: Arc::from("shop"),
+            service: Sym::from("shop"),
             t0: 0,
             bucket_nanos: 1_000_000_000,
             buckets,

@@ -176,9 +176,7 @@ impl LiveAnalysis {
     /// Take in rows that were just stored.
     pub fn push(&mut self, batch: Batch) {
         self.pushed_spans += batch.spans.len() as u64;
-        for s in batch.spans {
-            self.assembler.push(s);
-        }
+        self.assembler.push_all(batch.spans);
         self.metric_points += batch.points.len() as u64;
         for p in &batch.points {
             self.earliest = self.earliest.min(p.time_unix_nano);
@@ -452,7 +450,6 @@ mod tests {
     use super::*;
     use crate::model::{MarkerKind, SpanKind};
     use crate::shape::tests::span;
-    use std::sync::Arc;
 
     /// A `FLUSHALL` seen in a span is a marker of the window for as long as
     /// it is in it, not only for the tick that reduced its trace.
@@ -462,8 +459,8 @@ mod tests {
         let mut live = LiveAnalysis::new(analyzer, LiveSettings::new(900_000_000_000));
         let req = span(1, 1, 0, SpanKind::Server, 0, 10);
         let mut flush = span(1, 2, 1, SpanKind::Client, 1, 2);
-        flush.db_system = Arc::from("redis");
-        flush.db_operation = Arc::from("FLUSHALL");
+        flush.db_system = Sym::from("redis");
+        flush.db_operation = Sym::from("FLUSHALL");
         live.push(Batch {
             spans: vec![req, flush],
             ..Batch::default()

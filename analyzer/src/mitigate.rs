@@ -486,13 +486,12 @@ pub fn recommend(ctx: &Context<'_>) -> Vec<Mitigation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn rc(key: &str, start_ms: u64, end_ms: u64) -> RecomputeFact {
         RecomputeFact {
-            service: Arc::from("shop"),
-            key: Arc::from(key),
-            group: Arc::from("product:{n}"),
+            service: Sym::from("shop"),
+            key: Sym::from(key),
+            group: Sym::from("product:{n}"),
             miss_at: start_ms * 1_000_000,
             start: start_ms * 1_000_000,
             end: end_ms * 1_000_000,
@@ -516,7 +515,7 @@ mod tests {
             .collect();
         let refs: Vec<&RecomputeFact> = v.iter().collect();
         let mut base = HashMap::new();
-        base.insert(Arc::from("product:{n}"), 100_000_000u64);
+        base.insert(Sym::from("product:{n}"), 100_000_000u64);
         let (after, peak) = replay_single_flight(&refs, &base);
         assert_eq!(after, 2);
         assert_eq!(peak, 2);

@@ -45,32 +45,239 @@ impl std::hash::Hasher for FxHasher {
 /// `BuildHasher` for [`FxHasher`].
 pub type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
-/// An interned string. Cloning is a reference-count increment.
-pub type Sym = Arc<str>;
+/// A string that repeats across spans.
+///
+/// Most are values of the process-wide table an [`Interner`] fills: a
+/// plain reference, so cloning and dropping one touch no shared counter
+/// (decoders and the assembler run on different cores, and a reference
+/// count every span bumps on each of them costs more than the work), and
+/// two of them are equal exactly when they are the same reference. Values
+/// past the table's bounds are reference-counted copies of their own.
+#[derive(Clone)]
+pub struct Sym(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// In [`TABLE`] (or the empty string): never freed, unique by content.
+    Interned(&'static &'static str),
+    Owned(Arc<str>),
+}
+
+static EMPTY: &str = "";
+
+impl Sym {
+    /// The empty string.
+    pub fn empty() -> Self {
+        Self(Repr::Interned(&EMPTY))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Interned(s) => s,
+            Repr::Owned(s) => s,
+        }
+    }
+
+    /// Whether both are the same stored value (not just equal text).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        match (&a.0, &b.0) {
+            (Repr::Interned(x), Repr::Interned(y)) => std::ptr::eq(*x, *y),
+            (Repr::Owned(x), Repr::Owned(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        }
+    }
+}
+
+impl Default for Sym {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl std::ops::Deref for Sym {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Sym {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Sym {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Sym {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            // The table holds each text once.
+            (Repr::Interned(x), Repr::Interned(y)) => std::ptr::eq(*x, *y),
+            _ => self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl Eq for Sym {}
+
+impl PartialEq<str> for Sym {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Sym {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::hash::Hash for Sym {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that tables keyed by `Sym` answer `&str`.
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for Sym {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sym {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self == other {
+            return std::cmp::Ordering::Equal;
+        }
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::fmt::Debug for Sym {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::fmt::Display for Sym {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+/// A value not interned: a copy of its own (the empty string excepted).
+impl From<&str> for Sym {
+    fn from(value: &str) -> Self {
+        if value.is_empty() {
+            Self::empty()
+        } else {
+            Self(Repr::Owned(Arc::from(value)))
+        }
+    }
+}
+
+impl From<String> for Sym {
+    fn from(value: String) -> Self {
+        Self::from(value.as_str())
+    }
+}
 
 /// Longest attribute value kept; longer values are cut at a char boundary.
 pub const MAX_VALUE_LEN: usize = 256;
 
-/// Bounded string interner shared by every decoder of a process.
+/// A value of the table, found by its bytes.
+#[derive(Clone, Copy)]
+struct Key(&'static &'static str);
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state)
+    }
+}
+
+/// The process-wide table behind every [`Interner`]: each distinct text
+/// stored once, for the life of the process, up to [`TABLE_BYTES`].
+struct Table {
+    values: HashSet<Key, FxBuild>,
+    bytes: usize,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+
+/// Most bytes the table holds (texts and their bookkeeping); past it new
+/// values are copies of their own and counted as overflowed.
+pub const TABLE_BYTES: usize = 256 << 20;
+
+/// What the table spends on a value besides its text.
+const TABLE_ENTRY_BYTES: usize = 48;
+
+/// The table's value for `value`, stored now if it is new and fits.
+fn table_value(value: &str) -> Option<Key> {
+    let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let table = table.get_or_insert_with(|| Table {
+        values: HashSet::default(),
+        bytes: 0,
+    });
+    if let Some(k) = table.values.get(value.as_bytes()) {
+        return Some(*k);
+    }
+    let cost = value.len() + TABLE_ENTRY_BYTES;
+    if table.bytes + cost > TABLE_BYTES {
+        return None;
+    }
+    table.bytes += cost;
+    let text: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    let key = Key(Box::leak(Box::new(text)));
+    table.values.insert(key);
+    Some(key)
+}
+
+/// Bounded string interner; decoders of a process share one.
 ///
 /// Past `capacity` distinct values it stops interning (values are still
 /// stored, just not shared) and counts them in [`Interner::overflowed`], so a
 /// high-cardinality attribute cannot grow the table without bound.
 #[derive(Debug)]
 pub struct Interner {
-    set: Mutex<HashSet<Sym, FxBuild>>,
+    /// This interner's values (all in the process-wide table).
+    set: Mutex<HashSet<Key, FxBuild>>,
     capacity: usize,
     overflowed: AtomicU64,
-    empty: Sym,
     /// Tells this interner's entries in the threads' caches from others'.
     id: u64,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Values each thread found interned lately, so that decoders on several
 /// threads do not queue for the shared table: per interner (by id), a few
 /// thousand at most.
 struct LocalCache {
-    tables: Vec<(u64, HashSet<Sym, FxBuild>)>,
+    tables: Vec<(u64, HashSet<Key, FxBuild>)>,
 }
 
 const LOCAL_INTERNERS: usize = 4;
@@ -95,22 +302,58 @@ impl Interner {
             set: Mutex::new(HashSet::default()),
             capacity,
             overflowed: AtomicU64::new(0),
-            empty: Arc::from(""),
             id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The shared empty string.
     pub fn empty(&self) -> Sym {
-        self.empty.clone()
+        Sym::empty()
     }
 
     pub fn intern(&self, value: &str) -> Sym {
         if value.is_empty() {
-            return self.empty.clone();
+            return Sym::empty();
         }
         let value = truncate(value, MAX_VALUE_LEN);
-        let cached = LOCAL.try_with(|local| {
+        self.cached(value.as_bytes())
+            .unwrap_or_else(|| self.intern_shared(value))
+    }
+
+    /// The value from this thread's cache, if it is there.
+    fn cached(&self, bytes: &[u8]) -> Option<Sym> {
+        LOCAL
+            .try_with(|local| {
+                let local = local.borrow();
+                let (_, cache) = local.tables.iter().find(|(id, _)| *id == self.id)?;
+                cache.get(bytes).map(|k| Sym(Repr::Interned(k.0)))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Intern in the shared tables, and remember it in this thread's cache.
+    fn intern_shared(&self, value: &str) -> Sym {
+        let key = {
+            let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+            match set.get(value.as_bytes()) {
+                Some(k) => Some(*k),
+                None if set.len() < self.capacity => {
+                    let k = table_value(value);
+                    if let Some(k) = k {
+                        set.insert(k);
+                    }
+                    k
+                }
+                None => None,
+            }
+        };
+        let Some(key) = key else {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return Sym(Repr::Owned(Arc::from(value)));
+        };
+        // Only while the thread is being torn down is there no cache.
+        let _ = LOCAL.try_with(|local| {
             let mut local = local.borrow_mut();
             let tables = &mut local.tables;
             let at = match tables.iter().position(|(id, _)| *id == self.id) {
@@ -124,36 +367,12 @@ impl Interner {
                 }
             };
             let cache = &mut tables[at].1;
-            if let Some(hit) = cache.get(value) {
-                return hit.clone();
+            if cache.len() >= LOCAL_VALUES {
+                cache.clear();
             }
-            let (sym, shared) = self.intern_shared(value);
-            if shared {
-                if cache.len() >= LOCAL_VALUES {
-                    cache.clear();
-                }
-                cache.insert(sym.clone());
-            }
-            sym
+            cache.insert(key);
         });
-        // Only while the thread is being torn down is there no cache.
-        cached.unwrap_or_else(|_| self.intern_shared(value).0)
-    }
-
-    /// Intern in the shared table: the value, and whether the table holds it.
-    fn intern_shared(&self, value: &str) -> (Sym, bool) {
-        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = set.get(value) {
-            return (existing.clone(), true);
-        }
-        let sym: Sym = Arc::from(value);
-        if set.len() < self.capacity {
-            set.insert(sym.clone());
-            (sym, true)
-        } else {
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
-            (sym, false)
-        }
+        Sym(Repr::Interned(key.0))
     }
 
     /// Number of distinct values interned.
@@ -526,14 +745,43 @@ mod tests {
         let interner = Interner::with_capacity(2);
         let a = interner.intern("redis");
         let b = interner.intern("redis");
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Sym::ptr_eq(&a, &b));
         interner.intern("postgresql");
         let c = interner.intern("mysql");
         let d = interner.intern("mysql");
         assert_eq!(&*c, "mysql");
-        assert!(!Arc::ptr_eq(&c, &d), "past capacity values are not shared");
+        assert!(!Sym::ptr_eq(&c, &d), "past capacity values are not shared");
         assert_eq!(interner.len(), 2);
         assert_eq!(interner.overflowed(), 2);
+    }
+
+    /// An interned value and a copy of its own are the same value to
+    /// every table and comparison; only `ptr_eq` tells them apart.
+    #[test]
+    fn interned_and_owned_values_compare_as_their_text() {
+        use std::hash::BuildHasher;
+        let interner = Interner::with_capacity(8);
+        let interned = interner.intern("GET /product/{id}");
+        let owned = Sym::from("GET /product/{id}");
+        assert_eq!(interned, owned);
+        assert_eq!(owned, interned);
+        assert!(!Sym::ptr_eq(&interned, &owned));
+        let build = FxBuild::default();
+        assert_eq!(build.hash_one(&interned), build.hash_one(&owned));
+        assert_eq!(
+            build.hash_one(&interned),
+            build.hash_one("GET /product/{id}")
+        );
+        assert_eq!(interned.cmp(&owned), std::cmp::Ordering::Equal);
+        let later = interner.intern("POST /cart");
+        assert!(interned < later && owned < later);
+        assert_ne!(interned, later);
+        assert_eq!(interner.intern(""), Sym::from(""));
+        assert!(Sym::ptr_eq(&Sym::default(), &Sym::from(String::new())));
+        let mut table: HashMap<Sym, u32> = HashMap::new();
+        table.insert(owned, 1);
+        assert_eq!(table.get("GET /product/{id}"), Some(&1));
+        assert_eq!(table.get(&interned), Some(&1));
     }
 
     /// The threads' caches in front of the shared table: threads share
@@ -548,17 +796,17 @@ mod tests {
                 .join()
                 .unwrap()
         };
-        assert!(Arc::ptr_eq(&here, &there));
+        assert!(Sym::ptr_eq(&here, &there));
         let two = Interner::with_capacity(1);
         two.intern("other");
         let again = two.intern("checkout");
         assert!(
-            !Arc::ptr_eq(&here, &again),
+            !Sym::ptr_eq(&here, &again),
             "not from the other interner's cache"
         );
         assert_eq!((one.len(), two.len(), two.overflowed()), (1, 1, 1));
         // A cached value is still the table's.
-        assert!(Arc::ptr_eq(&one.intern("checkout"), &here));
+        assert!(Sym::ptr_eq(&one.intern("checkout"), &here));
     }
 
     #[test]

@@ -190,9 +190,7 @@ pub const COMPACT_EVERY: usize = 1 << 19;
 impl Session {
     pub fn push(&mut self, batch: Batch) {
         let n = batch.spans.len();
-        for s in batch.spans {
-            self.assembler.push(s);
-        }
+        self.assembler.push_all(batch.spans);
         self.points.extend(batch.points);
         self.markers.extend(batch.markers);
         if let Some(b) = &mut self.bound {
@@ -586,9 +584,7 @@ pub struct EvidenceSession {
 impl EvidenceSession {
     pub fn push(&mut self, batch: Batch) {
         self.since += batch.spans.len();
-        for s in batch.spans {
-            self.assembler.push(s);
-        }
+        self.assembler.push_all(batch.spans);
         if self.since >= COMPACT_EVERY {
             self.since = 0;
             self.keep();
@@ -1185,7 +1181,7 @@ mod tests {
 
     /// One request a second, from `from_s`, of 10 ms each.
     fn requests(from_s: u64, n: u64) -> Facts {
-        let e: Sym = Arc::from("");
+        let e: Sym = Sym::from("");
         let mut f = Facts {
             min_time: from_s * SECOND,
             ..Facts::default()
@@ -1193,9 +1189,9 @@ mod tests {
         for i in 0..n {
             let start = (from_s + i) * SECOND;
             f.requests.push(crate::shape::RequestFact {
-                service: Arc::from("shop"),
-                route: Arc::from("/"),
-                method: Arc::from("GET"),
+                service: Sym::from("shop"),
+                route: Sym::from("/"),
+                method: Sym::from("GET"),
                 url_path: e.clone(),
                 start,
                 end: start + SECOND / 100,

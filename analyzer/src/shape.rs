@@ -194,6 +194,12 @@ fn drop_duplicates(spans: &mut Vec<SpanRow>) -> usize {
 /// Traces up to this many spans find parents by a scan.
 const SCAN_SPANS: usize = 16;
 
+/// Fewest spans pushed between two sweeps for complete traces.
+const SWEEP_SPANS: usize = 4_096;
+
+/// Complete traces whose spans are loaded together before they are reduced.
+const TOUCH_TRACES: usize = 64;
+
 /// Order a trace's spans by (start, end), stable: spans are large, so the
 /// order is found on keys and each span moves once.
 fn sort_spans(spans: &mut Vec<SpanRow>) {
@@ -537,23 +543,65 @@ impl TraceAssembler {
         )
     }
 
-    pub fn push(&mut self, span: SpanRow) {
-        let f = &mut self.facts;
-        f.spans += 1;
-        f.min_time = f.min_time.min(span.start_unix_nano);
-        f.max_time = f.max_time.max(span.end_unix_nano);
-        let t = span.start_unix_nano;
-        match &mut self.resource_run {
-            Some((r, lo, hi)) if Arc::ptr_eq(r, &span.resource) => {
-                *lo = (*lo).min(t);
-                *hi = (*hi).max(t);
-            }
-            _ => {
-                self.end_resource_run();
-                self.resource_run = Some((span.resource.clone(), t, t));
+    /// Push a batch's spans. Those of one trace join it together: one look
+    /// in the pending table and one allocation per trace, not per span.
+    pub fn push_all(&mut self, spans: Vec<SpanRow>) {
+        if spans.len() < 2 {
+            spans.into_iter().for_each(|s| self.push(s));
+            return;
+        }
+        // Each trace's place among the batch's traces (in order of first
+        // appearance) and its span count.
+        let mut slot: HashMap<[u8; 16], usize, FxBuild> =
+            HashMap::with_capacity_and_hasher(spans.len(), FxBuild::default());
+        let mut traces: Vec<([u8; 16], usize)> = Vec::new();
+        for s in &spans {
+            self.note(s);
+            let at = *slot.entry(s.trace_id).or_insert_with(|| {
+                traces.push((s.trace_id, 0));
+                traces.len() - 1
+            });
+            traces[at].1 += 1;
+        }
+        let mut groups: Vec<Vec<SpanRow>> =
+            traces.iter().map(|&(_, n)| Vec::with_capacity(n)).collect();
+        let n = spans.len();
+        for s in spans {
+            groups[slot[&s.trace_id]].push(s);
+        }
+        for ((trace_id, _), mut group) in traces.into_iter().zip(groups) {
+            let last_end = group.iter().map(|s| s.end_unix_nano).max().unwrap_or(0);
+            let first_start = group
+                .iter()
+                .map(|s| s.start_unix_nano)
+                .min()
+                .unwrap_or(u64::MAX);
+            let rooted = group.iter().any(SpanRow::is_root);
+            match self.pending.entry(trace_id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Pending {
+                        spans: group,
+                        last_end,
+                        first_start,
+                        rooted,
+                    });
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let p = o.get_mut();
+                    p.last_end = p.last_end.max(last_end);
+                    p.first_start = p.first_start.min(first_start);
+                    p.rooted |= rooted;
+                    p.spans.append(&mut group);
+                }
             }
         }
-        self.watermark = self.watermark.max(span.end_unix_nano);
+        self.pending_spans += n;
+        self.since_sweep += n;
+        self.sweep_if_due();
+    }
+
+    pub fn push(&mut self, span: SpanRow) {
+        self.note(&span);
         let end = span.end_unix_nano;
         let p = self
             .pending
@@ -570,9 +618,36 @@ impl TraceAssembler {
         p.spans.push(span);
         self.pending_spans += 1;
         self.since_sweep += 1;
-        if self.since_sweep >= 65_536 {
+        self.sweep_if_due();
+    }
+
+    fn sweep_if_due(&mut self) {
+        // A sweep looks at every pending trace: often enough that what it
+        // reduces is still in the cache, never more than twice a trace.
+        if self.since_sweep >= SWEEP_SPANS.max(self.pending.len() / 2) {
             self.sweep_complete();
         }
+    }
+
+    /// Count a span in the facts' totals, time range, versions and the
+    /// watermark.
+    fn note(&mut self, span: &SpanRow) {
+        let f = &mut self.facts;
+        f.spans += 1;
+        f.min_time = f.min_time.min(span.start_unix_nano);
+        f.max_time = f.max_time.max(span.end_unix_nano);
+        let t = span.start_unix_nano;
+        match &mut self.resource_run {
+            Some((r, lo, hi)) if Arc::ptr_eq(r, &span.resource) => {
+                *lo = (*lo).min(t);
+                *hi = (*hi).max(t);
+            }
+            _ => {
+                self.end_resource_run();
+                self.resource_run = Some((span.resource.clone(), t, t));
+            }
+        }
+        self.watermark = self.watermark.max(span.end_unix_nano);
     }
 
     /// Record the current run of one resource's spans in `versions`.
@@ -600,16 +675,25 @@ impl TraceAssembler {
         } else {
             self.watermark.saturating_sub(self.grace)
         };
-        let done: Vec<[u8; 16]> = self
+        let mut done: Vec<Pending> = self
             .pending
-            .iter()
-            .filter(|(_, p)| p.last_end < horizon || (p.rooted && p.last_end < rooted_horizon))
-            .map(|(k, _)| *k)
+            .extract_if(|_, p| p.last_end < horizon || (p.rooted && p.last_end < rooted_horizon))
+            .map(|(_, p)| p)
             .collect();
-        for id in done {
-            if let Some(p) = self.pending.remove(&id) {
-                self.pending_spans = self.pending_spans.saturating_sub(p.spans.len());
-                self.reduce(p.spans);
+        for at in (0..done.len()).step_by(TOUCH_TRACES) {
+            let to = (at + TOUCH_TRACES).min(done.len());
+            let chunk = &mut done[at..to];
+            // Their spans were written a while ago: load a few traces' at
+            // once (the loads overlap) rather than wait for each in turn.
+            let touched = chunk
+                .iter()
+                .flat_map(|p| &p.spans)
+                .fold(0u64, |a, s| a ^ s.start_unix_nano ^ s.end_unix_nano);
+            std::hint::black_box(touched);
+            for p in chunk {
+                let spans = std::mem::take(&mut p.spans);
+                self.pending_spans = self.pending_spans.saturating_sub(spans.len());
+                self.reduce(spans);
             }
         }
     }
@@ -965,8 +1049,8 @@ pub(crate) mod tests {
     #[test]
     fn reserved_rows_grow_in_place_and_keep_their_room() {
         let fill = |t: u64| FillFact {
-            service: Arc::from("shop"),
-            key: Arc::from("k"),
+            service: Sym::from("shop"),
+            key: Sym::from("k"),
             t,
         };
         let mut facts = Facts::default();
@@ -1001,18 +1085,18 @@ pub(crate) mod tests {
         start_ms: u64,
         end_ms: u64,
     ) -> SpanRow {
-        let e: Sym = Arc::from("");
+        let e: Sym = Sym::from("");
         SpanRow {
             resource: Arc::new(ResourceInfo {
-                service: Arc::from("shop"),
-                version: Arc::from("1"),
-                instance: Arc::from("a"),
+                service: Sym::from("shop"),
+                version: Sym::from("1"),
+                instance: Sym::from("a"),
             }),
             trace_id: [trace; 16],
             span_id: [id; 8],
             parent_span_id: [parent; 8],
             kind,
-            name: Arc::from("op"),
+            name: Sym::from("op"),
             start_unix_nano: start_ms * 1_000_000,
             end_unix_nano: end_ms * 1_000_000,
             status: StatusCode::Unset,
@@ -1071,19 +1155,19 @@ pub(crate) mod tests {
 
     fn request_with(trace: u8, path: &str, miss: bool) -> Vec<SpanRow> {
         let mut req = span(trace, 1, 0, SpanKind::Server, 0, 100);
-        req.http_route = Arc::from("/product/{id}");
-        req.url_path = Arc::from(path);
+        req.http_route = Sym::from("/product/{id}");
+        req.url_path = Sym::from(path);
         let mut get = span(trace, 2, 1, SpanKind::Client, 1, 2);
-        get.db_system = Arc::from("redis");
-        get.db_query = Arc::from("GET ?");
+        get.db_system = Sym::from("redis");
+        get.db_query = Sym::from("GET ?");
         let mut out = vec![req, get];
         if miss {
             let mut sql = span(trace, 3, 1, SpanKind::Client, 3, 80);
-            sql.db_system = Arc::from("postgresql");
-            sql.db_query = Arc::from("SELECT * FROM product WHERE id = $1");
+            sql.db_system = Sym::from("postgresql");
+            sql.db_query = Sym::from("SELECT * FROM product WHERE id = $1");
             let mut set = span(trace, 4, 1, SpanKind::Client, 81, 82);
-            set.db_system = Arc::from("redis");
-            set.db_operation = Arc::from("SETEX");
+            set.db_system = Sym::from("redis");
+            set.db_operation = Sym::from("SETEX");
             out.push(sql);
             out.push(set);
         }
@@ -1105,8 +1189,8 @@ pub(crate) mod tests {
         // The wait shows as a pool span (node's pg instrumentation): not
         // database work.
         let mut connect = span(2, 5, 1, SpanKind::Client, 2, 302);
-        connect.name = Arc::from("pg-pool.connect");
-        connect.db_system = Arc::from("postgresql");
+        connect.name = Sym::from("pg-pool.connect");
+        connect.db_system = Sym::from("postgresql");
         waited.push(connect);
         for s in request_with(1, "/product/42", true)
             .into_iter()
@@ -1176,15 +1260,75 @@ pub(crate) mod tests {
         assert_eq!(f.recomputes.len(), 1);
     }
 
+    /// A batch pushed at once reduces to the same facts as its spans
+    /// pushed one by one, traces interleaved and split across batches.
+    #[test]
+    fn a_batch_pushed_at_once_is_the_same_as_span_by_span() {
+        let mut spans: Vec<SpanRow> = Vec::new();
+        let traces: Vec<Vec<SpanRow>> = (1..=40u8)
+            .map(|t| {
+                let mut trace = request_with(t, &format!("/product/{}", t % 7), t % 3 != 0);
+                let shift = u64::from(t) * 50_000_000;
+                for s in &mut trace {
+                    s.start_unix_nano += shift;
+                    s.end_unix_nano += shift;
+                }
+                trace
+            })
+            .collect();
+        let longest = traces.iter().map(Vec::len).max().unwrap();
+        for i in 0..longest {
+            spans.extend(traces.iter().filter_map(|t| t.get(i).cloned()));
+        }
+        let config = Arc::new(AnalysisConfig::default());
+        let mut one = TraceAssembler::new(config.clone());
+        spans.iter().cloned().for_each(|s| one.push(s));
+        let mut all = TraceAssembler::new(config);
+        for batch in spans.chunks(7) {
+            all.push_all(batch.to_vec());
+        }
+        let summary = |f: Facts| {
+            let mut lookups: Vec<String> = f
+                .lookups
+                .iter()
+                .map(|l| format!("{} {:?} {:?} {}", l.key, l.outcome, l.evidence, l.t))
+                .collect();
+            lookups.sort();
+            let mut recomputes: Vec<(String, u64, u64)> = f
+                .recomputes
+                .iter()
+                .map(|r| (r.key.to_string(), r.wait, r.db_nanos))
+                .collect();
+            recomputes.sort();
+            let mut requests: Vec<(u64, u64)> =
+                f.requests.iter().map(|r| (r.start, r.end)).collect();
+            requests.sort();
+            (
+                f.spans,
+                f.min_time,
+                f.max_time,
+                lookups,
+                recomputes,
+                requests,
+                f.fills.len(),
+            )
+        };
+        let (one, all) = (summary(one.finish()), summary(all.finish()));
+        assert_eq!(one.0, 40 * 2 + 27 * 2);
+        assert_eq!(one.3.len(), 40);
+        assert_eq!(one.4.len(), 27);
+        assert_eq!(one, all);
+    }
+
     #[test]
     fn a_new_version_is_a_deploy_marker() {
         let mut a = TraceAssembler::new(Arc::new(AnalysisConfig::default()));
         a.push(span(1, 1, 0, SpanKind::Server, 0, 10));
         let mut later = span(2, 1, 0, SpanKind::Server, 5000, 5010);
         later.resource = Arc::new(ResourceInfo {
-            service: Arc::from("shop"),
-            version: Arc::from("2"),
-            instance: Arc::from("b"),
+            service: Sym::from("shop"),
+            version: Sym::from("2"),
+            instance: Sym::from("b"),
         });
         a.push(later);
         let f = a.finish();

@@ -2,10 +2,9 @@
 //! from histograms), burn rates over windows, error budget, herd sizes and
 //! counter deltas, each against a direct definition.
 
-use std::sync::Arc;
-
 use herdwatch_analyzer::detect::key_herds;
 use herdwatch_analyzer::metrics::cumulative_deltas;
+use herdwatch_analyzer::model::Sym;
 use herdwatch_analyzer::shape::RecomputeFact;
 use herdwatch_analyzer::slo::{BurnSeries, budget_consumed, burn_rate};
 use herdwatch_analyzer::stats::{histogram_quantile, quantile};
@@ -106,9 +105,9 @@ proptest! {
         let facts: Vec<RecomputeFact> = intervals
             .iter()
             .map(|(s, d, k)| RecomputeFact {
-                service: Arc::from("svc"),
-                key: Arc::from(keys[*k]),
-                group: Arc::from("g"),
+                service: Sym::from("svc"),
+                key: Sym::from(keys[*k]),
+                group: Sym::from("g"),
                 miss_at: *s,
                 start: *s,
                 end: s + d,

@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use herdwatch_analyzer::model::{Batch, LogMarker, MetricPoint, SpanRow};
+use herdwatch_analyzer::model::{Batch, LogMarker, MetricPoint, SpanRow, Sym};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
@@ -183,7 +183,7 @@ struct ServiceHot {
 #[derive(Debug, Clone, Default)]
 pub struct TailCursor {
     started: bool,
-    taken: HashMap<Arc<str>, [u64; 3]>,
+    taken: HashMap<Sym, [u64; 3]>,
 }
 
 /// Rows a tail reader had not taken were evicted from memory first.
@@ -197,7 +197,7 @@ pub struct FellBehind {
 
 #[derive(Debug, Default)]
 struct Hot {
-    services: HashMap<Arc<str>, ServiceHot>,
+    services: HashMap<Sym, ServiceHot>,
     bytes: usize,
     /// Rows with a time at or below this were evicted and live on disk only.
     evicted_up_to: u64,
@@ -348,7 +348,7 @@ impl Store {
     pub fn tail(&self, cursor: &mut TailCursor, limit: usize) -> Result<Batch, FellBehind> {
         let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Batch::default();
-        let mut names: Vec<&Arc<str>> = h.services.keys().collect();
+        let mut names: Vec<&Sym> = h.services.keys().collect();
         names.sort();
         for name in names {
             let svc = &h.services[name];
@@ -443,8 +443,7 @@ impl Store {
             floor = evicted_up_to;
         }
         let h = self.inner.hot.read().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<&Arc<str>> =
-            h.services.keys().filter(|s| q.service_matches(s)).collect();
+        let mut names: Vec<&Sym> = h.services.keys().filter(|s| q.service_matches(s)).collect();
         names.sort();
         for name in names {
             f(Chunk::Hot(&h.services[name], floor));
