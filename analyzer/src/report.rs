@@ -174,6 +174,11 @@ struct Bound {
     built_to: u64,
     /// Rows before this time may have been dropped.
     evicted_to: u64,
+    /// Buckets before this one can no longer be rebuilt: rows that reach
+    /// them were dropped (the bucket after the latest end of a row that
+    /// went). An operation longer than any before, seen later, does not
+    /// make more buckets final.
+    final_to: u64,
     /// Facts were dropped: the evidence needs a second pass.
     evicted: bool,
     compacted: bool,
@@ -300,6 +305,7 @@ impl Bound {
             longest: 0,
             built_to: 0,
             evicted_to: 0,
+            final_to: 0,
             evicted: false,
             compacted: false,
             held_bytes: 0,
@@ -313,7 +319,7 @@ impl Bound {
         // past what was dropped: no bucket it joins can be rebuilt, so its
         // rows go at once and the report says so.
         if self.evicted {
-            let final_to = self.evicted_to.saturating_add(self.longest);
+            let final_to = self.final_to;
             self.late_requests += new.requests.iter().filter(|r| r.start < final_to).count() as u64;
             new.drop_rows_before(self.evicted_to);
         }
@@ -339,7 +345,7 @@ impl Bound {
             && let Some((from, to)) = touched
             && from < self.built_to
         {
-            let lo = from.max(self.evicted_to.saturating_add(self.longest));
+            let lo = from.max(self.final_to);
             let hi = to.min(self.built_to - 1);
             if lo <= hi {
                 let _ = self.rebuild(lo, hi, analyzer);
@@ -388,7 +394,12 @@ impl Bound {
             self.evicted_to = self
                 .evicted_to
                 .max(self.built_to.saturating_sub(self.longest));
-            self.facts.evict_reserved_before(self.evicted_to);
+            // A bucket is final from the first one a row that went
+            // reached, or started in, up to the one after its end.
+            let reach = self.facts.evict_reserved_before(self.evicted_to);
+            if reach > 0 {
+                self.final_to = self.final_to.max((reach / width + 1) * width);
+            }
         }
     }
 }
@@ -1231,6 +1242,42 @@ mod tests {
         b.compact(1000 * SECOND, &analyzer);
         assert_eq!(b.facts.row_bytes(), held, "left out at once");
         assert_eq!(b.late_requests, 600);
+    }
+
+    /// Rows that come after an eviction, in buckets not built yet, are not
+    /// late, even when they bring an operation longer than any before it
+    /// (which reaches back into the built buckets but not into what went).
+    #[test]
+    fn a_longer_operation_after_an_eviction_makes_no_request_late() {
+        let analyzer = Analyzer::new(Default::default(), Vec::new());
+        let one = requests(1000, 600).row_bytes();
+        let mut b = Bound::new(one * 3 / 2);
+        b.take(requests(1000, 600), &analyzer);
+        b.compact(1600 * SECOND, &analyzer);
+        b.take(requests(1600, 600), &analyzer);
+        b.compact(2200 * SECOND, &analyzer);
+        assert!(b.evicted, "over the budget");
+        assert_eq!(
+            b.final_to,
+            2200 * SECOND,
+            "no operation reaches past its request"
+        );
+        // A 30 s query from 2200 s, then requests while it runs.
+        let mut query = requests(2200, 5);
+        query.db_ops.push(crate::shape::DbOpFact {
+            service: Sym::from("shop"),
+            start: 2200 * SECOND,
+            end: 2230 * SECOND,
+            statement: Sym::from("SELECT 1"),
+            recompute: false,
+        });
+        b.take(query, &analyzer);
+        assert_eq!(b.longest, 30 * SECOND);
+        b.take(requests(2205, 25), &analyzer);
+        assert_eq!(b.late_requests, 0);
+        // A request before the eviction's end is late.
+        b.take(requests(2199, 1), &analyzer);
+        assert_eq!(b.late_requests, 1);
     }
 
     #[test]

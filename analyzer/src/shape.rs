@@ -226,16 +226,25 @@ fn sort_spans(spans: &mut Vec<SpanRow>) {
 }
 
 /// Drop the front of sorted `v` whose time is before `t`, when that is at
-/// least an eighth of it (so the move is amortised).
-fn evict_sorted<T>(v: &mut Vec<T>, time: impl Fn(&T) -> u64, t: u64, shrink: bool) {
+/// least an eighth of it (so the move is amortised); the latest `end` of
+/// what went (0 when nothing did).
+fn evict_sorted<T>(
+    v: &mut Vec<T>,
+    time: impl Fn(&T) -> u64,
+    end: impl Fn(&T) -> u64,
+    t: u64,
+    shrink: bool,
+) -> u64 {
     let n = v.partition_point(|x| time(x) < t);
+    let mut reach = 0;
     if n > 0 && n >= v.len() / 8 {
-        v.drain(..n);
+        reach = v.drain(..n).map(|x| end(&x)).max().unwrap_or(0);
         // Give the room back too: memory is counted as allocated.
         if shrink && v.capacity() > 2 * v.len() + 64 {
             v.shrink_to(v.len() + v.len() / 2);
         }
     }
+    reach
 }
 
 /// Make room in `v` for `bytes` of rows at once, so it never grows by
@@ -337,17 +346,25 @@ impl Facts {
     }
 
     /// [`Facts::evict_rows_before`] keeping the room of the rows
-    /// ([`Facts::reserve_rows`]).
-    pub fn evict_reserved_before(&mut self, t: u64) {
-        self.evict_rows(t, false);
+    /// ([`Facts::reserve_rows`]): the latest time a row that went counts
+    /// at in the buckets (0 when none went).
+    pub fn evict_reserved_before(&mut self, t: u64) -> u64 {
+        self.evict_rows(t, false)
     }
 
-    fn evict_rows(&mut self, t: u64, shrink: bool) {
-        evict_sorted(&mut self.requests, |r| r.start, t, shrink);
-        evict_sorted(&mut self.lookups, |l| l.t, t, shrink);
-        evict_sorted(&mut self.recomputes, |r| r.start, t, shrink);
-        evict_sorted(&mut self.db_ops, |d| d.start, t, shrink);
-        evict_sorted(&mut self.fills, |f| f.t, t, shrink);
+    fn evict_rows(&mut self, t: u64, shrink: bool) -> u64 {
+        [
+            // A request counts in the bucket it starts in; operations in
+            // every bucket they run through.
+            evict_sorted(&mut self.requests, |r| r.start, |r| r.start, t, shrink),
+            evict_sorted(&mut self.lookups, |l| l.t, |l| l.t, t, shrink),
+            evict_sorted(&mut self.recomputes, |r| r.start, |r| r.end, t, shrink),
+            evict_sorted(&mut self.db_ops, |d| d.start, |d| d.end, t, shrink),
+            evict_sorted(&mut self.fills, |f| f.t, |f| f.t, t, shrink),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
     }
 
     /// Forget the rows (in any order) before `t`.
