@@ -166,13 +166,13 @@ fn merge_sorted<T>(v: &mut Vec<T>, mut new: Vec<T>, order: fn(&T, &T) -> Orderin
 /// Drop the spans of a trace sorted by (start, end) that came again (same
 /// span id, start and end); how many went. Copies of a span sort together
 /// among the spans of their (start, end).
-fn drop_duplicates(spans: &mut Vec<SpanRow>) -> usize {
+fn drop_duplicates(spans: &mut Vec<&SpanRow>) -> usize {
     let key = |s: &SpanRow| (s.start_unix_nano, s.end_unix_nano);
     let mut kept = 0;
     // The kept spans of the current (start, end), from here to `kept`.
     let mut run = 0;
     for i in 0..spans.len() {
-        if kept > 0 && key(&spans[run]) != key(&spans[i]) {
+        if kept > 0 && key(spans[run]) != key(spans[i]) {
             run = kept;
         }
         if spans[run..kept]
@@ -200,29 +200,13 @@ const SWEEP_SPANS: usize = 4_096;
 /// Complete traces whose spans are loaded together before they are reduced.
 const TOUCH_TRACES: usize = 64;
 
-/// Order a trace's spans by (start, end), stable: spans are large, so the
-/// order is found on keys and each span moves once.
-fn sort_spans(spans: &mut Vec<SpanRow>) {
-    let key = |s: &SpanRow| (s.start_unix_nano, s.end_unix_nano);
-    if spans.is_sorted_by_key(key) {
-        return;
+/// Order a trace's spans by (start, end), stable. Spans are large: what
+/// moves is references to them.
+fn sort_spans(spans: &mut [&SpanRow]) {
+    let key = |s: &&SpanRow| (s.start_unix_nano, s.end_unix_nano);
+    if !spans.is_sorted_by_key(key) {
+        spans.sort_by_key(key);
     }
-    if spans.len() == 2 {
-        spans.swap(0, 1);
-        return;
-    }
-    let mut order: Vec<(u64, u64, usize)> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.start_unix_nano, s.end_unix_nano, i))
-        .collect();
-    order.sort_unstable();
-    let mut slots: Vec<Option<SpanRow>> = std::mem::take(spans).into_iter().map(Some).collect();
-    spans.extend(
-        order
-            .iter()
-            .map(|&(_, _, i)| slots[i].take().expect("each index once")),
-    );
 }
 
 /// Drop the front of sorted `v` whose time is before `t`, when that is at
@@ -477,6 +461,19 @@ pub struct TraceAssembler {
     max_pending_spans: usize,
     since_sweep: usize,
     interner: crate::model::Interner,
+    /// Room a trace's reduction works in, kept from one trace to the next.
+    scratch: Scratch,
+}
+
+/// A trace's roles, its requests and which request each operation
+/// belongs to: per trace, so kept rather than allocated each time.
+#[derive(Debug, Default)]
+struct Scratch {
+    roles: Vec<Role>,
+    requests: Vec<usize>,
+    /// (request, operation) by span index, ordered by request.
+    owned: Vec<(usize, usize)>,
+    ops: Vec<usize>,
 }
 
 impl TraceAssembler {
@@ -496,6 +493,7 @@ impl TraceAssembler {
             max_pending_spans: usize::MAX,
             since_sweep: 0,
             interner: crate::model::Interner::with_capacity(1 << 20),
+            scratch: Scratch::default(),
         }
     }
 
@@ -726,12 +724,21 @@ impl TraceAssembler {
         self.facts
     }
 
-    fn reduce(&mut self, mut spans: Vec<SpanRow>) {
+    fn reduce(&mut self, trace: Vec<SpanRow>) {
         self.facts.traces += 1;
+        let mut spans: Vec<&SpanRow> = trace.iter().collect();
         sort_spans(&mut spans);
         self.facts.duplicate_spans += drop_duplicates(&mut spans) as u64;
         let config = self.config.clone();
-        let roles: Vec<Role> = spans.iter().map(|s| classify::role(s, &config)).collect();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let Scratch {
+            roles,
+            requests,
+            owned,
+            ops,
+        } = &mut scratch;
+        roles.clear();
+        roles.extend(spans.iter().map(|s| classify::role(s, &config)));
         // Most traces hold a handful of spans: a scan finds a parent faster
         // than a table that has to be built first.
         let by_id: HashMap<[u8; 8], usize, FxBuild> = if spans.len() > SCAN_SPANS {
@@ -750,12 +757,11 @@ impl TraceAssembler {
                 spans.iter().position(|s| &s.span_id == id)
             }
         };
-        let requests: Vec<usize> = (0..spans.len())
-            .filter(|&i| roles[i] == Role::Request)
-            .collect();
+        requests.clear();
+        requests.extend((0..spans.len()).filter(|&i| roles[i] == Role::Request));
         // Attribute each cache/db operation to its nearest request ancestor,
         // else to the innermost request whose time range contains it.
-        let mut ops_of: HashMap<usize, Vec<usize>, FxBuild> = HashMap::default();
+        owned.clear();
         for (i, s) in spans.iter().enumerate() {
             if !matches!(roles[i], Role::Cache(_) | Role::Database) {
                 continue;
@@ -783,19 +789,30 @@ impl TraceAssembler {
                     .max_by_key(|&r| spans[r].start_unix_nano);
             }
             match owner {
-                Some(r) => ops_of.entry(r).or_default().push(i),
+                Some(r) => owned.push((r, i)),
                 None => {
                     // No request in sight: still database load.
                     if roles[i] == Role::Database {
-                        self.push_db(&spans[i], false);
+                        self.push_db(spans[i], false);
                     }
                 }
             }
         }
-        for &r in &requests {
-            let ops = ops_of.remove(&r).unwrap_or_default();
-            self.reduce_request(&spans, &roles, r, &ops);
+        // Stable: each request's operations stay in time order.
+        owned.sort_by_key(|&(r, _)| r);
+        ops.clear();
+        ops.extend(owned.iter().map(|&(_, i)| i));
+        // Requests and owners both ascend: each request's operations are
+        // the next run.
+        let mut at = 0;
+        for &r in requests.iter() {
+            let from = at;
+            while at < owned.len() && owned[at].0 == r {
+                at += 1;
+            }
+            self.reduce_request(&spans, roles, r, &ops[from..at]);
         }
+        self.scratch = scratch;
     }
 
     fn push_db(&mut self, s: &SpanRow, recompute: bool) {
@@ -841,7 +858,7 @@ impl TraceAssembler {
         (g.clone(), g, true)
     }
 
-    fn reduce_request(&mut self, spans: &[SpanRow], roles: &[Role], r: usize, ops: &[usize]) {
+    fn reduce_request(&mut self, spans: &[&SpanRow], roles: &[Role], r: usize, ops: &[usize]) {
         let req = &spans[r];
         let service = req.resource.service.clone();
         let mut missed = false;
@@ -977,7 +994,7 @@ impl TraceAssembler {
             .map(|i| (i, in_recompute(spans[i].start_unix_nano)))
             .collect();
         for (i, rc) in db {
-            self.push_db(&spans[i], rc);
+            self.push_db(spans[i], rc);
         }
         self.facts.requests.push(RequestFact {
             service,
@@ -1020,6 +1037,7 @@ pub(crate) mod tests {
             b.clone(),
             a_later.clone(),
         ];
+        let mut v: Vec<&SpanRow> = v.iter().collect();
         sort_spans(&mut v);
         assert_eq!(drop_duplicates(&mut v), 2);
         let ids: Vec<_> = v
@@ -1027,7 +1045,8 @@ pub(crate) mod tests {
             .map(|s| (s.span_id[7], s.start_unix_nano / 1_000_000))
             .collect();
         assert_eq!(ids, [(1, 1), (1, 2), (2, 5), (3, 5)]);
-        let mut once = vec![a, b, c, a_later];
+        let once = [a, b, c, a_later];
+        let mut once: Vec<&SpanRow> = once.iter().collect();
         sort_spans(&mut once);
         assert_eq!(drop_duplicates(&mut once), 0);
         assert_eq!(once.len(), 4);
@@ -1044,7 +1063,7 @@ pub(crate) mod tests {
         let mut rng = 7u64;
         for n in [2, 3, 5] {
             for _ in 0..50 {
-                let mut v = base[..n].to_vec();
+                let mut v: Vec<&SpanRow> = base[..n].iter().collect();
                 for i in (1..v.len()).rev() {
                     rng = rng
                         .wrapping_mul(6364136223846793005)
@@ -1054,7 +1073,7 @@ pub(crate) mod tests {
                 let mut want = v.clone();
                 want.sort_by_key(|s| (s.start_unix_nano, s.end_unix_nano));
                 sort_spans(&mut v);
-                let ids = |v: &[SpanRow]| v.iter().map(|s| s.span_id).collect::<Vec<_>>();
+                let ids = |v: &[&SpanRow]| v.iter().map(|s| s.span_id).collect::<Vec<_>>();
                 assert_eq!(ids(&v), ids(&want));
             }
         }

@@ -165,10 +165,9 @@ type Attrs<'a> = Vec<(&'a str, Option<Attr<'a>>)>;
 /// Decode a protobuf `ExportTraceServiceRequest` into a batch, with the same
 /// rows and rejections as [`Decoder::traces`] on the generated message.
 pub fn traces(decoder: &Decoder, bytes: &[u8]) -> Result<Batch, WireError> {
-    // Spans of ~10 attributes take about 200 bytes on the wire: room for
-    // them at once instead of a copy at every doubling.
+    // Room for every span at once instead of a copy at every doubling.
     let mut batch = Batch {
-        spans: Vec::with_capacity(bytes.len() / 200),
+        spans: Vec::with_capacity(count_spans(bytes)),
         ..Batch::default()
     };
     let mut attrs: Attrs<'_> = Vec::with_capacity(16);
@@ -184,6 +183,29 @@ pub fn traces(decoder: &Decoder, bytes: &[u8]) -> Result<Batch, WireError> {
         }
     }
     Ok(batch)
+}
+
+/// How many spans `bytes` holds, from the lengths of the messages around
+/// them (nothing inside a span is read); what the walk finds before any
+/// malformed part, which the decoding proper will report.
+fn count_spans(bytes: &[u8]) -> usize {
+    /// The length-delimited fields numbered `number` of a message.
+    fn each(buf: &[u8], number: u64) -> impl Iterator<Item = &[u8]> {
+        let mut fields = Fields::new(buf, 0);
+        std::iter::from_fn(move || {
+            loop {
+                match fields.next_field()? {
+                    Ok((n, Field::Len(b, _), _)) if n == number => return Some(b),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+    }
+    each(bytes, 1)
+        .flat_map(|rs| each(rs, 2))
+        .map(|ss| each(ss, 2).count())
+        .sum()
 }
 
 fn resource_spans<'a>(
@@ -424,7 +446,11 @@ mod tests {
         assert!(captures.len() > 100);
         for bytes in &captures {
             let (wire, generated) = both(bytes);
-            assert_eq!(wire.unwrap(), generated.unwrap());
+            let wire = wire.unwrap();
+            // Room was made for exactly the spans there were.
+            assert_eq!(count_spans(bytes), wire.spans.len());
+            assert_eq!(wire.spans.capacity(), wire.spans.len());
+            assert_eq!(wire, generated.unwrap());
         }
     }
 
