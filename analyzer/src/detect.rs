@@ -373,13 +373,18 @@ pub fn detect_where(
             .unwrap_or(0.0);
         // Previous fills of the missed keys: clustered in time?
         let missed_keys: HashSet<&Sym> = misses.iter().map(|l| &l.key).collect();
+        // Backwards from the onset, until every missed key has its fill:
+        // the first one met is the last before it.
         let mut last_fill: HashMap<&Sym, u64> = HashMap::new();
         for fill in shape::window(&facts.fills, |x| x.t, 0, from_t)
             .iter()
+            .rev()
             .filter(|x| &x.service == service && missed_keys.contains(&x.key))
         {
-            let e = last_fill.entry(&fill.key).or_insert(fill.t);
-            *e = (*e).max(fill.t);
+            last_fill.entry(&fill.key).or_insert(fill.t);
+            if last_fill.len() == missed_keys.len() {
+                break;
+            }
         }
         let fill_times: Vec<f64> = last_fill.values().map(|t| *t as f64 / 1e9).collect();
         let (fill_cluster, fill_spread) =
