@@ -91,7 +91,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Field keys, lengths and most values are one byte: those without
+    /// the loop.
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    fn long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -109,6 +122,7 @@ impl<'a> Fields<'a> {
         Err(self.err("varint longer than 10 bytes"))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.buf.len() - self.pos < n {
             return Err(self.err("truncated field"));
@@ -119,10 +133,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field: its number, payload and the offset of its key.
+    #[inline]
     fn next_field(&mut self) -> Option<Result<(u64, Field<'a>, usize), WireError>> {
         (self.pos < self.buf.len()).then(|| self.field())
     }
 
+    #[inline]
     fn field(&mut self) -> Result<(u64, Field<'a>, usize), WireError> {
         let at = self.base + self.pos;
         let key = self.varint()?;
@@ -365,7 +381,14 @@ fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireEr
     while let Some(f) = fields.next_field() {
         let (number, field, at) = f?;
         match number {
-            1 => key = field.string(at)?,
+            // A key the decoder reads is UTF-8: found by its bytes, it
+            // needs no check.
+            1 => {
+                key = match known_key(field.len(at)?.0) {
+                    Some(k) => k,
+                    None => field.string(at)?,
+                }
+            }
             2 => {
                 let (b, base) = field.len(at)?;
                 value = any_value(b, base)?;
@@ -374,6 +397,46 @@ fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireEr
         }
     }
     Ok((key, value))
+}
+
+/// The attribute keys the decoder reads (of spans and resources), most
+/// frequent first.
+static KNOWN_KEYS: [&str; 27] = [
+    "http.route",
+    "http.request.method",
+    "http.response.status_code",
+    "url.path",
+    "db.system.name",
+    "db.operation.name",
+    "db.query.text",
+    "db.namespace",
+    "server.address",
+    "cache.key",
+    "cache.hit",
+    "http.method",
+    "http.status_code",
+    "http.target",
+    "db.system",
+    "db.operation",
+    "db.statement",
+    "db.name",
+    "net.peer.name",
+    "cache.result",
+    "cache.outcome",
+    "http.request.resend_count",
+    "service.name",
+    "service.version",
+    "service.instance.id",
+    "server.port",
+    "network.peer.address",
+];
+
+fn known_key(bytes: &[u8]) -> Option<&'static str> {
+    let (&first, _) = bytes.split_first()?;
+    KNOWN_KEYS
+        .iter()
+        .find(|k| k.len() == bytes.len() && k.as_bytes()[0] == first && k.as_bytes() == bytes)
+        .copied()
 }
 
 fn any_value(buf: &[u8], base: usize) -> Result<Option<Attr<'_>>, WireError> {
@@ -464,6 +527,23 @@ mod tests {
                 (a, b) => panic!("truncated at {n}: wire {a:?} vs generated {b:?}"),
             }
         }
+    }
+
+    /// Keys the decoder reads are found by their bytes; any other key is
+    /// still checked to be UTF-8.
+    #[test]
+    fn known_keys_are_found_by_their_bytes_and_others_are_checked() {
+        for k in KNOWN_KEYS {
+            assert_eq!(known_key(k.as_bytes()), Some(k));
+        }
+        assert_eq!(known_key(b"http.rout"), None);
+        assert_eq!(known_key(b"xttp.route"), None);
+        assert_eq!(known_key(b""), None);
+        let kv = [0x0a, 0x02, b'o', b'k'];
+        assert_eq!(key_value(&kv, 0).unwrap().0, "ok");
+        let bad = [0x0a, 0x02, 0xff, 0xfe];
+        let e = key_value(&bad, 10).unwrap_err();
+        assert_eq!((e.offset, e.what), (12, "string is not valid UTF-8"));
     }
 
     #[test]
