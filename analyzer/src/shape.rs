@@ -1029,7 +1029,7 @@ pub(crate) mod tests {
         let c = span(1, 3, 1, SpanKind::Client, 5, 9);
         // Same id, other times: not a copy.
         let a_later = span(1, 1, 0, SpanKind::Server, 2, 4);
-        let mut v = vec![
+        let rows = [
             a.clone(),
             b.clone(),
             a.clone(),
@@ -1037,7 +1037,7 @@ pub(crate) mod tests {
             b.clone(),
             a_later.clone(),
         ];
-        let mut v: Vec<&SpanRow> = v.iter().collect();
+        let mut v: Vec<&SpanRow> = rows.iter().collect();
         sort_spans(&mut v);
         assert_eq!(drop_duplicates(&mut v), 2);
         let ids: Vec<_> = v
