@@ -1217,16 +1217,22 @@ mod tests {
         f
     }
 
+    /// A bound with room for 900 one-a-second requests, holding 600 of
+    /// them (1000–1600 s) in built buckets.
+    fn built_bound(analyzer: &Analyzer) -> Bound {
+        let mut b = Bound::new(requests(1000, 600).row_bytes() * 3 / 2);
+        b.take(requests(1000, 600), analyzer);
+        b.compact(1600 * SECOND, analyzer);
+        b
+    }
+
     /// Input that goes back in time, once the facts no longer fit: what
     /// the built buckets needed goes, though nothing new is complete, and
     /// what comes later for them is left out and counted.
     #[test]
     fn a_bound_stays_within_its_budget_when_the_input_goes_back_in_time() {
         let analyzer = Analyzer::new(Default::default(), Vec::new());
-        let one = requests(1000, 600).row_bytes();
-        let mut b = Bound::new(one * 3 / 2);
-        b.take(requests(1000, 600), &analyzer);
-        b.compact(1600 * SECOND, &analyzer);
+        let mut b = built_bound(&analyzer);
         assert!(b.compacted && !b.evicted, "it fits");
         // The same 600 seconds again: the pending data now starts at 1000 s.
         b.take(requests(1000, 600), &analyzer);
@@ -1250,10 +1256,7 @@ mod tests {
     #[test]
     fn a_longer_operation_after_an_eviction_makes_no_request_late() {
         let analyzer = Analyzer::new(Default::default(), Vec::new());
-        let one = requests(1000, 600).row_bytes();
-        let mut b = Bound::new(one * 3 / 2);
-        b.take(requests(1000, 600), &analyzer);
-        b.compact(1600 * SECOND, &analyzer);
+        let mut b = built_bound(&analyzer);
         b.take(requests(1600, 600), &analyzer);
         b.compact(2200 * SECOND, &analyzer);
         assert!(b.evicted, "over the budget");
