@@ -59,9 +59,13 @@ pub struct Sym(Repr);
 #[derive(Clone)]
 enum Repr {
     /// In [`TABLE`] (or the empty string): never freed, unique by content.
+    /// A thin reference to the table's `&str`, so that a `Sym` is as small
+    /// as the `Arc<str>` it replaced.
     Interned(&'static &'static str),
     Owned(Arc<str>),
 }
+
+const _: () = assert!(std::mem::size_of::<Sym>() == 16);
 
 static EMPTY: &str = "";
 
@@ -215,6 +219,12 @@ impl std::hash::Hash for Key {
     }
 }
 
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The process-wide table behind every [`Interner`]: each distinct text
 /// stored once, for the life of the process, up to [`TABLE_BYTES`].
 struct Table {
@@ -265,12 +275,6 @@ pub struct Interner {
     overflowed: AtomicU64,
     /// Tells this interner's entries in the threads' caches from others'.
     id: u64,
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 /// Values each thread found interned lately, so that decoders on several

@@ -25,6 +25,38 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
+/// The span attribute keys [`Decoder::span_attributes`] reads, most
+/// frequent first: the wire reader finds them by their bytes instead of
+/// checking them as UTF-8.
+pub(crate) const SPAN_KEYS: [&str; 22] = [
+    "http.route",
+    "http.request.method",
+    "http.response.status_code",
+    "url.path",
+    "db.system.name",
+    "db.operation.name",
+    "db.query.text",
+    "db.namespace",
+    "server.address",
+    "cache.key",
+    "cache.hit",
+    "http.method",
+    "http.status_code",
+    "http.target",
+    "db.system",
+    "db.operation",
+    "db.statement",
+    "db.name",
+    "net.peer.name",
+    "cache.result",
+    "cache.outcome",
+    "http.request.resend_count",
+];
+
+/// The resource attribute keys [`Decoder::resource_from`] reads.
+pub(crate) const RESOURCE_KEYS: [&str; 3] =
+    ["service.name", "service.version", "service.instance.id"];
+
 /// Turns OTLP messages into model rows. Cheap to clone; share one per process
 /// so that every receiver interns into the same table.
 #[derive(Debug, Clone, Default)]
@@ -701,6 +733,34 @@ mod tests {
             attributes,
             ..Default::default()
         }
+    }
+
+    /// Every key of `SPAN_KEYS` is one the decoder uses (not counted as
+    /// dropped), and every key of `RESOURCE_KEYS` fills the resource.
+    #[test]
+    fn the_listed_keys_are_the_ones_read() {
+        let d = Decoder::default();
+        for k in SPAN_KEYS {
+            let value = match k {
+                "http.response.status_code" | "http.status_code" | "http.request.resend_count" => {
+                    Value::IntValue(200)
+                }
+                "cache.hit" => Value::BoolValue(true),
+                _ => Value::StringValue("x".into()),
+            };
+            let b = d.traces(&request(vec![span(vec![kv(k, value)])]));
+            assert_eq!(b.dropped_attributes, 0, "{k}");
+        }
+        let b = d.traces(&request(vec![span(vec![kv(
+            "net.host.name",
+            Value::StringValue("x".into()),
+        )])]));
+        assert_eq!(b.dropped_attributes, 1, "an unread key is dropped");
+        let info = d.resource_from(RESOURCE_KEYS.into_iter().map(|k| (k, Some(Attr::Str(k)))));
+        assert_eq!(
+            [&*info.service, &*info.version, &*info.instance],
+            RESOURCE_KEYS
+        );
     }
 
     #[test]

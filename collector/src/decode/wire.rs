@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use herdwatch_analyzer::model::{Batch, ResourceInfo};
 
-use super::{Attr, Decoder, SpanFields};
+use super::{Attr, Decoder, RESOURCE_KEYS, SPAN_KEYS, SpanFields};
 
 /// Why bytes are not a trace export request, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -399,42 +399,11 @@ fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireEr
     Ok((key, value))
 }
 
-/// The attribute keys the decoder reads (of spans and resources), most
-/// frequent first.
-static KNOWN_KEYS: [&str; 27] = [
-    "http.route",
-    "http.request.method",
-    "http.response.status_code",
-    "url.path",
-    "db.system.name",
-    "db.operation.name",
-    "db.query.text",
-    "db.namespace",
-    "server.address",
-    "cache.key",
-    "cache.hit",
-    "http.method",
-    "http.status_code",
-    "http.target",
-    "db.system",
-    "db.operation",
-    "db.statement",
-    "db.name",
-    "net.peer.name",
-    "cache.result",
-    "cache.outcome",
-    "http.request.resend_count",
-    "service.name",
-    "service.version",
-    "service.instance.id",
-    "server.port",
-    "network.peer.address",
-];
-
 fn known_key(bytes: &[u8]) -> Option<&'static str> {
     let (&first, _) = bytes.split_first()?;
-    KNOWN_KEYS
+    SPAN_KEYS
         .iter()
+        .chain(&RESOURCE_KEYS)
         .find(|k| k.len() == bytes.len() && k.as_bytes()[0] == first && k.as_bytes() == bytes)
         .copied()
 }
@@ -533,7 +502,7 @@ mod tests {
     /// still checked to be UTF-8.
     #[test]
     fn known_keys_are_found_by_their_bytes_and_others_are_checked() {
-        for k in KNOWN_KEYS {
+        for k in SPAN_KEYS.into_iter().chain(RESOURCE_KEYS) {
             assert_eq!(known_key(k.as_bytes()), Some(k));
         }
         assert_eq!(known_key(b"http.rout"), None);
