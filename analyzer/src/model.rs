@@ -24,8 +24,13 @@ impl std::hash::Hasher for FxHasher {
             let w = u64::from_le_bytes(c.try_into().unwrap_or_default());
             self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
         }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(FX_SEED);
+        // The last bytes as one word (most values are short: a round per
+        // byte would cost more than the rest).
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(FX_SEED);
         }
     }
     fn write_u8(&mut self, i: u8) {
@@ -38,7 +43,10 @@ impl std::hash::Hasher for FxHasher {
         self.write_u64(i as u64);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // A product's high bits mix every input bit, its low bits only the
+        // low ones; tables index by the low bits, so bring the high ones
+        // down (as rustc-hash 2 does).
+        self.0.rotate_left(26)
     }
 }
 
@@ -160,6 +168,29 @@ impl Ord for Sym {
             return std::cmp::Ordering::Equal;
         }
         self.as_str().cmp(other.as_str())
+    }
+}
+
+/// A value of the process-wide table, found by [`Interner::lookup`]:
+/// `Copy`, and a [`Sym`] for nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Interned(&'static &'static str);
+
+impl Interned {
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl From<Interned> for Sym {
+    fn from(value: Interned) -> Self {
+        Self(Repr::Interned(value.0))
+    }
+}
+
+impl std::fmt::Debug for Interned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -324,16 +355,26 @@ impl Interner {
             .unwrap_or_else(|| self.intern_shared(value))
     }
 
-    /// The value from this thread's cache, if it is there.
-    fn cached(&self, bytes: &[u8]) -> Option<Sym> {
+    /// The value whose text is `bytes`, if this thread interned it lately
+    /// (with this interner): found by the bytes alone, so they need no
+    /// UTF-8 check (the table holds only text).
+    pub fn lookup(&self, bytes: &[u8]) -> Option<Interned> {
+        if bytes.is_empty() {
+            return Some(Interned(&EMPTY));
+        }
         LOCAL
             .try_with(|local| {
                 let local = local.borrow();
                 let (_, cache) = local.tables.iter().find(|(id, _)| *id == self.id)?;
-                cache.get(bytes).map(|k| Sym(Repr::Interned(k.0)))
+                cache.get(bytes).map(|k| Interned(k.0))
             })
             .ok()
             .flatten()
+    }
+
+    /// The value from this thread's cache, if it is there.
+    fn cached(&self, bytes: &[u8]) -> Option<Sym> {
+        self.lookup(bytes).map(Sym::from)
     }
 
     /// Intern in the shared tables, and remember it in this thread's cache.
@@ -757,6 +798,30 @@ mod tests {
         assert!(!Sym::ptr_eq(&c, &d), "past capacity values are not shared");
         assert_eq!(interner.len(), 2);
         assert_eq!(interner.overflowed(), 2);
+    }
+
+    /// Bytes this thread interned are found as the value they are; bytes
+    /// it did not, or that are not text, are not.
+    #[test]
+    fn values_are_looked_up_by_their_bytes() {
+        let interner = Interner::with_capacity(8);
+        assert!(interner.lookup("caché:1".as_bytes()).is_none());
+        let first = interner.intern("caché:1");
+        let found = interner.lookup("caché:1".as_bytes()).unwrap();
+        assert_eq!(found.as_str(), "caché:1");
+        assert!(Sym::ptr_eq(&first, &Sym::from(found)));
+        // A prefix cut inside `é` is not text: never a value.
+        interner.intern("cach");
+        assert!(interner.lookup(&"caché:1".as_bytes()[..5]).is_none());
+        assert!(interner.lookup(&[0xff, 0xfe]).is_none());
+        assert_eq!(interner.lookup(b"").unwrap().as_str(), "");
+        // Another interner's values are not this one's.
+        let other = Interner::with_capacity(8);
+        assert!(other.lookup("caché:1".as_bytes()).is_none());
+        // Nor another thread's.
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(interner.lookup("caché:1".as_bytes()).is_none()));
+        });
     }
 
     /// An interned value and a copy of its own are the same value to

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Attr, Batch, Decoder, SpanFields};
+use super::{Attr, AttrKey, Batch, Decoder, SpanFields};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -196,7 +196,7 @@ pub fn traces(decoder: &Decoder, text: &str) -> Option<Batch> {
             if v.is_some_and(AnyValue::ambiguous) {
                 return None;
             }
-            values.push((kv.key.as_ref(), v.and_then(AnyValue::attr)));
+            values.push((AttrKey::of(&kv.key), v.and_then(AnyValue::attr)));
         }
         let resource = decoder.resource_from(values.into_iter());
         for (si, ss) in rs.scope_spans.iter().enumerate() {
@@ -212,16 +212,18 @@ pub fn traces(decoder: &Decoder, text: &str) -> Option<Batch> {
                     trace_id: hex(&span.trace_id, &mut t)?,
                     span_id: hex(&span.span_id, &mut s)?,
                     parent_span_id: hex(&span.parent_span_id, &mut p)?,
-                    name: &span.name,
+                    name: decoder.interner().intern(&span.name),
                     kind: span.kind,
                     start_unix_nano: span.start_time_unix_nano,
                     end_unix_nano: span.end_time_unix_nano,
                     status_code: span.status.as_ref().map_or(0, |s| s.code),
                 };
-                let attributes = span
-                    .attributes
-                    .iter()
-                    .map(|kv| (kv.key.as_ref(), kv.value.as_ref().and_then(AnyValue::attr)));
+                let attributes = span.attributes.iter().map(|kv| {
+                    (
+                        AttrKey::of(&kv.key),
+                        kv.value.as_ref().and_then(AnyValue::attr),
+                    )
+                });
                 decoder.push_span(&mut batch, &resource, (ri, si, pi), &fields, attributes);
             }
         }

@@ -9,13 +9,16 @@
 //! strings, and feeds the same span builder.
 
 pub mod json;
+mod keys;
 pub mod wire;
+
+use keys::AttrKey;
 
 use std::sync::Arc;
 
 use herdwatch_analyzer::model::{
-    Batch, Interner, LogMarker, MAX_POINT_ATTRIBUTES, MarkerKind, MetricPoint, MetricValue,
-    ResourceInfo, SpanKind, SpanRow, StatusCode, Sym, Temporality,
+    Batch, Interned, Interner, LogMarker, MAX_POINT_ATTRIBUTES, MarkerKind, MetricPoint,
+    MetricValue, ResourceInfo, SpanKind, SpanRow, StatusCode, Sym, Temporality,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -24,38 +27,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-
-/// The span attribute keys [`Decoder::span_attributes`] reads, most
-/// frequent first: the wire reader finds them by their bytes instead of
-/// checking them as UTF-8.
-pub(crate) const SPAN_KEYS: [&str; 22] = [
-    "http.route",
-    "http.request.method",
-    "http.response.status_code",
-    "url.path",
-    "db.system.name",
-    "db.operation.name",
-    "db.query.text",
-    "db.namespace",
-    "server.address",
-    "cache.key",
-    "cache.hit",
-    "http.method",
-    "http.status_code",
-    "http.target",
-    "db.system",
-    "db.operation",
-    "db.statement",
-    "db.name",
-    "net.peer.name",
-    "cache.result",
-    "cache.outcome",
-    "http.request.resend_count",
-];
-
-/// The resource attribute keys [`Decoder::resource_from`] reads.
-pub(crate) const RESOURCE_KEYS: [&str; 3] =
-    ["service.name", "service.version", "service.instance.id"];
 
 /// Turns OTLP messages into model rows. Cheap to clone; share one per process
 /// so that every receiver interns into the same table.
@@ -75,37 +46,38 @@ impl Decoder {
 
     fn resource(&self, resource: Option<&Resource>) -> Arc<ResourceInfo> {
         let attrs = resource.into_iter().flat_map(|r| r.attributes.iter());
-        self.resource_from(attrs.map(|kv| (kv.key.as_str(), Attr::of(kv))))
+        self.resource_from(attrs.map(|kv| (AttrKey::of(&kv.key), Attr::of(kv))))
     }
 
     /// The resource from its attributes.
     fn resource_from<'a>(
         &self,
-        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+        attributes: impl Iterator<Item = (Option<AttrKey>, Option<Attr<'a>>)>,
     ) -> Arc<ResourceInfo> {
-        let mut service = "";
-        let mut version = "";
-        let mut instance = "";
+        let mut service = Sym::empty();
+        let mut version = Sym::empty();
+        let mut instance = Sym::empty();
         for (key, value) in attributes {
-            let text = match value {
-                Some(Attr::Str(s)) => s,
-                _ => "",
+            let slot = match key {
+                Some(AttrKey::ServiceName) => &mut service,
+                Some(AttrKey::ServiceVersion) => &mut version,
+                Some(AttrKey::ServiceInstanceId) => &mut instance,
+                _ => continue,
             };
-            match key {
-                "service.name" => service = text,
-                "service.version" => version = text,
-                "service.instance.id" => instance = text,
-                _ => {}
-            }
+            *slot = match value {
+                Some(Attr::Str(s)) => self.interner.intern(s),
+                Some(Attr::Interned(s)) => s.into(),
+                _ => Sym::empty(),
+            };
         }
         if service.is_empty() {
             // The SDKs' own default when the resource names no service.
-            service = "unknown_service";
+            service = self.interner.intern("unknown_service");
         }
         Arc::new(ResourceInfo {
-            service: self.interner.intern(service),
-            version: self.interner.intern(version),
-            instance: self.interner.intern(instance),
+            service,
+            version,
+            instance,
         })
     }
 
@@ -121,7 +93,7 @@ impl Decoder {
                         trace_id: &span.trace_id,
                         span_id: &span.span_id,
                         parent_span_id: &span.parent_span_id,
-                        name: &span.name,
+                        name: self.interner.intern(&span.name),
                         kind: span.kind,
                         start_unix_nano: span.start_time_unix_nano,
                         end_unix_nano: span.end_time_unix_nano,
@@ -130,7 +102,7 @@ impl Decoder {
                     let attributes = span
                         .attributes
                         .iter()
-                        .map(|kv| (kv.key.as_str(), Attr::of(kv)));
+                        .map(|kv| (AttrKey::of(&kv.key), Attr::of(kv)));
                     self.push_span(&mut batch, &resource, (ri, si, pi), &fields, attributes);
                 }
             }
@@ -153,7 +125,7 @@ impl Decoder {
         resource: &Arc<ResourceInfo>,
         at: (usize, usize, usize),
         span: &SpanFields<'_>,
-        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+        attributes: impl Iterator<Item = (Option<AttrKey>, Option<Attr<'a>>)>,
     ) {
         let trace_id: Result<[u8; 16], _> = span.trace_id.try_into();
         let span_id: Result<[u8; 8], _> = span.span_id.try_into();
@@ -201,7 +173,7 @@ impl Decoder {
             span_id,
             parent_span_id: parent,
             kind: SpanKind::from_otlp(span.kind),
-            name: self.interner.intern(span.name),
+            name: span.name.clone(),
             start_unix_nano: span.start_unix_nano,
             end_unix_nano: span.end_unix_nano,
             status: StatusCode::from_otlp(span.status_code),
@@ -226,7 +198,7 @@ impl Decoder {
     fn span_attributes<'a>(
         &self,
         row: &mut SpanRow,
-        attributes: impl Iterator<Item = (&'a str, Option<Attr<'a>>)>,
+        attributes: impl Iterator<Item = (Option<AttrKey>, Option<Attr<'a>>)>,
     ) -> u64 {
         let mut dropped = 0;
         // Stable names win over legacy ones whatever their order.
@@ -243,28 +215,34 @@ impl Decoder {
                 dropped += 1;
                 continue;
             };
+            let Some(key) = key else {
+                dropped += 1;
+                continue;
+            };
             match key {
-                "http.route" => row.http_route = self.sym(value),
-                "http.response.status_code" => row.http_status = value.int().unwrap_or(0) as u16,
-                "http.status_code" => legacy_status = value.int(),
-                "http.request.method" => row.http_method = self.sym(value),
-                "http.method" => legacy_method = Some(value),
-                "url.path" => row.url_path = self.sym(value),
-                "http.target" => legacy_target = Some(value),
-                "db.system.name" => row.db_system = self.lower_sym(value),
-                "db.system" => legacy_system = Some(value),
-                "db.operation.name" => row.db_operation = self.sym(value),
-                "db.operation" => legacy_operation = Some(value),
-                "db.query.text" => row.db_query = self.sym(value),
-                "db.statement" => legacy_query = Some(value),
-                "db.namespace" => row.db_namespace = self.sym(value),
-                "db.name" => legacy_namespace = Some(value),
-                "server.address" => row.server_address = self.sym(value),
-                "net.peer.name" => legacy_peer = Some(value),
-                "cache.key" => row.cache_key = self.sym(value),
-                "cache.hit" => row.cache_hit = value.boolean(),
-                "cache.result" | "cache.outcome" => {
-                    if let Attr::Str(s) = value {
+                AttrKey::HttpRoute => row.http_route = self.sym(value),
+                AttrKey::HttpResponseStatusCode => {
+                    row.http_status = value.int().unwrap_or(0) as u16
+                }
+                AttrKey::HttpStatusCode => legacy_status = value.int(),
+                AttrKey::HttpRequestMethod => row.http_method = self.sym(value),
+                AttrKey::HttpMethod => legacy_method = Some(value),
+                AttrKey::UrlPath => row.url_path = self.sym(value),
+                AttrKey::HttpTarget => legacy_target = Some(value),
+                AttrKey::DbSystemName => row.db_system = self.lower_sym(value),
+                AttrKey::DbSystem => legacy_system = Some(value),
+                AttrKey::DbOperationName => row.db_operation = self.sym(value),
+                AttrKey::DbOperation => legacy_operation = Some(value),
+                AttrKey::DbQueryText => row.db_query = self.sym(value),
+                AttrKey::DbStatement => legacy_query = Some(value),
+                AttrKey::DbNamespace => row.db_namespace = self.sym(value),
+                AttrKey::DbName => legacy_namespace = Some(value),
+                AttrKey::ServerAddress => row.server_address = self.sym(value),
+                AttrKey::NetPeerName => legacy_peer = Some(value),
+                AttrKey::CacheKey => row.cache_key = self.sym(value),
+                AttrKey::CacheHit => row.cache_hit = value.boolean(),
+                AttrKey::CacheResult | AttrKey::CacheOutcome => {
+                    if let Some(s) = value.text() {
                         row.cache_hit = match s.to_ascii_lowercase().as_str() {
                             "hit" => Some(true),
                             "miss" => Some(false),
@@ -272,10 +250,12 @@ impl Decoder {
                         };
                     }
                 }
-                "http.request.resend_count" => {
+                AttrKey::HttpRequestResendCount => {
                     row.resend_count = value.int().unwrap_or(0).clamp(0, u32::MAX as i64) as u32
                 }
-                _ => dropped += 1,
+                AttrKey::ServiceName | AttrKey::ServiceVersion | AttrKey::ServiceInstanceId => {
+                    dropped += 1
+                }
             }
         }
         if row.db_system.is_empty() {
@@ -311,7 +291,7 @@ impl Decoder {
             row.http_method = self.sym(v);
         }
         if row.url_path.is_empty()
-            && let Some(Attr::Str(target)) = legacy_target
+            && let Some(target) = legacy_target.as_ref().and_then(Attr::text)
         {
             let path = target.split('?').next().unwrap_or("");
             row.url_path = self.interner.intern(path);
@@ -327,6 +307,7 @@ impl Decoder {
     fn sym(&self, value: Attr<'_>) -> Sym {
         match value {
             Attr::Str(s) => self.interner.intern(s),
+            Attr::Interned(s) => s.into(),
             Attr::Int(i) => self.interner.intern(&i.to_string()),
             Attr::Bool(b) => self.interner.intern(if b { "true" } else { "false" }),
             Attr::Double(d) => self.interner.intern(&d.to_string()),
@@ -338,6 +319,9 @@ impl Decoder {
         match value {
             Attr::Str(s) if s.bytes().any(|b| b.is_ascii_uppercase()) => {
                 self.interner.intern(&s.to_ascii_lowercase())
+            }
+            Attr::Interned(s) if s.as_str().bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.interner.intern(&s.as_str().to_ascii_lowercase())
             }
             other => self.sym(other),
         }
@@ -635,7 +619,7 @@ struct SpanFields<'a> {
     trace_id: &'a [u8],
     span_id: &'a [u8],
     parent_span_id: &'a [u8],
-    name: &'a str,
+    name: Sym,
     kind: i32,
     start_unix_nano: u64,
     end_unix_nano: u64,
@@ -646,6 +630,8 @@ struct SpanFields<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Attr<'a> {
     Str(&'a str),
+    /// A string the reader found interned.
+    Interned(Interned),
     Int(i64),
     Bool(bool),
     Double(f64),
@@ -664,24 +650,30 @@ impl<'a> Attr<'a> {
         })
     }
 
-    fn int(self) -> Option<i64> {
+    fn text(&self) -> Option<&str> {
         match self {
-            Self::Int(i) => Some(i),
-            Self::Str(s) => s.parse().ok(),
-            Self::Double(d) => Some(d as i64),
+            Self::Str(s) => Some(s),
+            Self::Interned(s) => Some(s.as_str()),
             _ => None,
         }
     }
 
-    fn boolean(self) -> Option<bool> {
-        match self {
+    fn int(&self) -> Option<i64> {
+        match *self {
+            Self::Int(i) => Some(i),
+            Self::Double(d) => Some(d as i64),
+            _ => self.text()?.parse().ok(),
+        }
+    }
+
+    fn boolean(&self) -> Option<bool> {
+        match *self {
             Self::Bool(b) => Some(b),
-            Self::Str(s) => match s.to_ascii_lowercase().as_str() {
+            _ => match self.text()?.to_ascii_lowercase().as_str() {
                 "true" | "hit" => Some(true),
                 "false" | "miss" => Some(false),
                 _ => None,
             },
-            _ => None,
         }
     }
 }
@@ -736,11 +728,15 @@ mod tests {
     }
 
     /// Every key of `SPAN_KEYS` is one the decoder uses (not counted as
-    /// dropped), and every key of `RESOURCE_KEYS` fills the resource.
+    /// dropped), those marked so have their string value kept as it is,
+    /// and every key of `RESOURCE_KEYS` fills the resource.
     #[test]
     fn the_listed_keys_are_the_ones_read() {
         let d = Decoder::default();
-        for k in SPAN_KEYS {
+        for &keys::KeyInfo {
+            name: k, verbatim, ..
+        } in &keys::SPAN_KEYS
+        {
             let value = match k {
                 "http.response.status_code" | "http.status_code" | "http.request.resend_count" => {
                     Value::IntValue(200)
@@ -750,16 +746,39 @@ mod tests {
             };
             let b = d.traces(&request(vec![span(vec![kv(k, value)])]));
             assert_eq!(b.dropped_attributes, 0, "{k}");
+            // A text that cutting at `?` would change (system names are
+            // lowered, but most are lower case already).
+            let b = d.traces(&request(vec![span(vec![kv(
+                k,
+                Value::StringValue("/a b?c".into()),
+            )])]));
+            let r = &b.spans[0];
+            let texts = [
+                &r.http_route,
+                &r.http_method,
+                &r.url_path,
+                &r.db_system,
+                &r.db_operation,
+                &r.db_query,
+                &r.db_namespace,
+                &r.server_address,
+                &r.cache_key,
+            ];
+            assert_eq!(texts.iter().any(|t| **t == "/a b?c"), verbatim, "{k}");
         }
         let b = d.traces(&request(vec![span(vec![kv(
             "net.host.name",
             Value::StringValue("x".into()),
         )])]));
         assert_eq!(b.dropped_attributes, 1, "an unread key is dropped");
-        let info = d.resource_from(RESOURCE_KEYS.into_iter().map(|k| (k, Some(Attr::Str(k)))));
+        let info = d.resource_from(
+            keys::RESOURCE_KEYS
+                .iter()
+                .map(|k| (Some(k.key), Some(Attr::Str(k.name)))),
+        );
         assert_eq!(
             [&*info.service, &*info.version, &*info.instance],
-            RESOURCE_KEYS
+            keys::RESOURCE_KEYS.map(|k| k.name)
         );
     }
 

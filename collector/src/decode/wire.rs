@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use herdwatch_analyzer::model::{Batch, ResourceInfo};
+use herdwatch_analyzer::model::{Batch, ResourceInfo, Sym};
 
-use super::{Attr, Decoder, RESOURCE_KEYS, SPAN_KEYS, SpanFields};
+use super::keys::AttrKey;
+use super::{Attr, Decoder, SpanFields};
 
 /// Why bytes are not a trace export request, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,10 +65,14 @@ impl<'a> Field<'a> {
     }
     fn string(self, at: usize) -> Result<&'a str, WireError> {
         let (b, base) = self.len(at)?;
-        std::str::from_utf8(b).map_err(|_| WireError {
-            offset: base,
-            what: "string is not valid UTF-8",
-        })
+        std::str::from_utf8(b).map_err(|_| not_utf8(base))
+    }
+}
+
+fn not_utf8(offset: usize) -> WireError {
+    WireError {
+        offset,
+        what: "string is not valid UTF-8",
     }
 }
 
@@ -133,12 +138,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field: its number, payload and the offset of its key.
-    #[inline]
+    #[inline(always)]
     fn next_field(&mut self) -> Option<Result<(u64, Field<'a>, usize), WireError>> {
         (self.pos < self.buf.len()).then(|| self.field())
     }
 
-    #[inline]
+    #[inline(always)]
     fn field(&mut self) -> Result<(u64, Field<'a>, usize), WireError> {
         let at = self.base + self.pos;
         let key = self.varint()?;
@@ -176,7 +181,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-type Attrs<'a> = Vec<(&'a str, Option<Attr<'a>>)>;
+type Attrs<'a> = Vec<(Option<AttrKey>, Option<Attr<'a>>)>;
 
 /// Decode a protobuf `ExportTraceServiceRequest` into a batch, with the same
 /// rows and rejections as [`Decoder::traces`] on the generated message.
@@ -255,7 +260,7 @@ fn resource_spans<'a>(
             match number {
                 1 => {
                     let (b, base) = field.len(at)?;
-                    attrs.push(key_value(b, base)?);
+                    attrs.push(key_value(d, b, base)?);
                 }
                 2 => {
                     field.varint(at)?;
@@ -316,7 +321,7 @@ fn span<'a>(
         trace_id: &[],
         span_id: &[],
         parent_span_id: &[],
-        name: "",
+        name: Sym::empty(),
         kind: 0,
         start_unix_nano: 0,
         end_unix_nano: 0,
@@ -332,13 +337,21 @@ fn span<'a>(
                 field.string(at)?;
             }
             4 => s.parent_span_id = field.len(at)?.0,
-            5 => s.name = field.string(at)?,
+            5 => {
+                let (b, base) = field.len(at)?;
+                s.name = match d.interner().lookup(b) {
+                    Some(v) => v.into(),
+                    None => d
+                        .interner()
+                        .intern(std::str::from_utf8(b).map_err(|_| not_utf8(base))?),
+                };
+            }
             6 => s.kind = field.varint(at)? as i32,
             7 => s.start_unix_nano = field.fixed64(at)?,
             8 => s.end_unix_nano = field.fixed64(at)?,
             9 => {
                 let (b, base) = field.len(at)?;
-                attrs.push(key_value(b, base)?);
+                attrs.push(key_value(d, b, base)?);
             }
             10 | 12 | 14 => {
                 field.varint(at)?;
@@ -374,8 +387,17 @@ fn status_code(buf: &[u8], base: usize) -> Result<i32, WireError> {
     Ok(code)
 }
 
-fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireError> {
-    let mut key = "";
+/// A key-value: the key if the decoder reads it (any other is checked to
+/// be UTF-8, then forgotten), and the value.
+fn key_value<'a>(
+    d: &Decoder,
+    buf: &'a [u8],
+    base: usize,
+) -> Result<(Option<AttrKey>, Option<Attr<'a>>), WireError> {
+    if let Some(kv) = sdk_key_value(d, buf, base) {
+        return kv;
+    }
+    let mut key = None;
     let mut value = None;
     let mut fields = Fields::new(buf, base);
     while let Some(f) = fields.next_field() {
@@ -384,9 +406,12 @@ fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireEr
             // A key the decoder reads is UTF-8: found by its bytes, it
             // needs no check.
             1 => {
-                key = match known_key(field.len(at)?.0) {
-                    Some(k) => k,
-                    None => field.string(at)?,
+                key = match AttrKey::find(field.len(at)?.0) {
+                    Some(k) => Some(k.key),
+                    None => {
+                        field.string(at)?;
+                        None
+                    }
                 }
             }
             2 => {
@@ -399,13 +424,58 @@ fn key_value(buf: &[u8], base: usize) -> Result<(&str, Option<Attr<'_>>), WireEr
     Ok((key, value))
 }
 
-fn known_key(bytes: &[u8]) -> Option<&'static str> {
-    let (&first, _) = bytes.split_first()?;
-    SPAN_KEYS
-        .iter()
-        .chain(&RESOURCE_KEYS)
-        .find(|k| k.len() == bytes.len() && k.as_bytes()[0] == first && k.as_bytes() == bytes)
-        .copied()
+/// A key-value laid out as every SDK writes it — the key, then the value
+/// holding one field, lengths under 128 — read without the general walk,
+/// to the same result; `None` for any other layout, which the general walk
+/// reads. The string value of a key whose value is interned as it is, is
+/// found among the values this thread interned lately by its bytes.
+#[inline(always)]
+fn sdk_key_value<'a>(
+    d: &Decoder,
+    buf: &'a [u8],
+    base: usize,
+) -> Option<Result<(Option<AttrKey>, Option<Attr<'a>>), WireError>> {
+    let [0x0a, key_len, rest @ ..] = buf else {
+        return None;
+    };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len))?;
+    let [0x12, value_len, value @ ..] = rest else {
+        return None;
+    };
+    if *key_len >= 0x80 || *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+        return None;
+    }
+    let known = AttrKey::find(key);
+    if known.is_none() && std::str::from_utf8(key).is_err() {
+        return Some(Err(not_utf8(base + 2)));
+    }
+    let at = base + 4 + key.len();
+    let attr = match value {
+        [0x0a, n, s @ ..] if *n < 0x80 && usize::from(*n) == s.len() => {
+            let found = known
+                .filter(|k| k.verbatim)
+                .and_then(|_| d.interner().lookup(s));
+            match found {
+                Some(v) => Attr::Interned(v),
+                None => match std::str::from_utf8(s) {
+                    Ok(s) => Attr::Str(s),
+                    Err(_) => return Some(Err(not_utf8(at + 2))),
+                },
+            }
+        }
+        [0x10, b] if *b < 0x80 => Attr::Bool(*b != 0),
+        [0x18, ..] => {
+            let mut f = Fields::new(value, at);
+            f.pos = 1;
+            match f.varint() {
+                Ok(v) if f.pos == value.len() => Attr::Int(v as i64),
+                _ => return None,
+            }
+        }
+        [0x21, x @ ..] => Attr::Double(f64::from_bits(u64::from_le_bytes(x.try_into().ok()?))),
+        _ => return None,
+    };
+    Some(Ok((known.map(|k| k.key), Some(attr))))
 }
 
 fn any_value(buf: &[u8], base: usize) -> Result<Option<Attr<'_>>, WireError> {
@@ -499,20 +569,40 @@ mod tests {
     }
 
     /// Keys the decoder reads are found by their bytes; any other key is
-    /// still checked to be UTF-8.
+    /// still checked to be UTF-8, in either layout.
     #[test]
     fn known_keys_are_found_by_their_bytes_and_others_are_checked() {
-        for k in SPAN_KEYS.into_iter().chain(RESOURCE_KEYS) {
-            assert_eq!(known_key(k.as_bytes()), Some(k));
-        }
-        assert_eq!(known_key(b"http.rout"), None);
-        assert_eq!(known_key(b"xttp.route"), None);
-        assert_eq!(known_key(b""), None);
+        let d = Decoder::new(Arc::new(Interner::default()));
         let kv = [0x0a, 0x02, b'o', b'k'];
-        assert_eq!(key_value(&kv, 0).unwrap().0, "ok");
-        let bad = [0x0a, 0x02, 0xff, 0xfe];
-        let e = key_value(&bad, 10).unwrap_err();
-        assert_eq!((e.offset, e.what), (12, "string is not valid UTF-8"));
+        assert_eq!(key_value(&d, &kv, 0).unwrap(), (None, None));
+        let kv = [
+            &[0x0a, 0x07][..],
+            b"db.name",
+            &[0x12, 0x03, 0x0a, 0x01, b'x'],
+        ]
+        .concat();
+        let (key, value) = key_value(&d, &kv, 0).unwrap();
+        assert_eq!(key, Some(AttrKey::DbName));
+        assert_eq!(value.as_ref().and_then(Attr::text), Some("x"));
+        // Alone, and with a value (the layout an SDK writes).
+        for bad in [
+            &[0x0a, 0x02, 0xff, 0xfe][..],
+            &[0x0a, 0x02, 0xff, 0xfe, 0x12, 0x02, 0x10, 0x01],
+        ] {
+            let e = key_value(&d, bad, 10).unwrap_err();
+            assert_eq!((e.offset, e.what), (12, "string is not valid UTF-8"));
+        }
+        // A bad value of a key read, and of one not read.
+        for key in [&b"db.name"[..], b"db.nome"] {
+            let kv = [
+                &[0x0a, 0x07][..],
+                key,
+                &[0x12, 0x04, 0x0a, 0x02, 0xc3, 0x28],
+            ]
+            .concat();
+            let e = key_value(&d, &kv, 0).unwrap_err();
+            assert_eq!((e.offset, e.what), (13, "string is not valid UTF-8"));
+        }
     }
 
     #[test]
