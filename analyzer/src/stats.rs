@@ -1,35 +1,51 @@
 //! Small robust statistics: median, MAD, exact and histogram quantiles.
 
-/// Median of `values` (NaN when empty). Sorts a copy.
+/// Median of `values` (NaN when empty).
 pub fn median(values: &[f64]) -> f64 {
     quantile(values, 0.5)
 }
 
-/// Linear-interpolated quantile `q` in [0, 1] (NaN when empty).
+/// Linear-interpolated quantile `q` in [0, 1] of the values that are not
+/// NaN (NaN when there are none).
 pub fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
     let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    quantile_in_place(&mut v, q)
+}
+
+/// [`quantile`] of `v` (no NaN in it), reordering it: the two order
+/// statistics it interpolates between are selected, not sorted for (the
+/// robust baselines take a median per bucket over a trailing window).
+fn quantile_in_place(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
     let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
     let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    let (_, &mut below, above) = v.select_nth_unstable_by(lo, f64::total_cmp);
+    if pos == lo as f64 {
+        return below;
+    }
+    // The next order statistic: the least of those above.
+    let next = above
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp)
+        .unwrap_or(below);
+    below + (next - below) * (pos - lo as f64)
 }
 
 /// Median absolute deviation, scaled by 1.4826 so it estimates σ for normal
 /// data.
 pub fn mad(values: &[f64]) -> f64 {
-    let m = median(values);
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    let m = quantile_in_place(&mut v, 0.5);
     if m.is_nan() {
         return f64::NAN;
     }
-    let dev: Vec<f64> = values.iter().map(|x| (x - m).abs()).collect();
-    1.4826 * median(&dev)
+    for x in &mut v {
+        *x = (*x - m).abs();
+    }
+    1.4826 * quantile_in_place(&mut v, 0.5)
 }
 
 /// Quantile of an explicit-bucket histogram by linear interpolation within

@@ -7,7 +7,7 @@ use herdwatch_analyzer::metrics::cumulative_deltas;
 use herdwatch_analyzer::model::Sym;
 use herdwatch_analyzer::shape::RecomputeFact;
 use herdwatch_analyzer::slo::{BurnSeries, budget_consumed, burn_rate};
-use herdwatch_analyzer::stats::{histogram_quantile, quantile};
+use herdwatch_analyzer::stats::{histogram_quantile, mad, quantile};
 use proptest::prelude::*;
 
 fn values() -> impl Strategy<Value = Vec<f64>> {
@@ -27,6 +27,35 @@ proptest! {
         let mut reversed = v.clone();
         reversed.reverse();
         prop_assert_eq!(quantile(&v, lo), quantile(&reversed, lo));
+    }
+
+    /// Selection finds what sorting would: the quantile and the MAD equal
+    /// their textbook definitions on the sorted values, with ties, NaNs
+    /// (left out) and every q.
+    #[test]
+    fn quantile_and_mad_are_their_definitions_over_the_sorted_values(
+        v in prop::collection::vec(prop_oneof![
+            4 => (0u32..50).prop_map(f64::from),
+            4 => -1e6f64..1e6,
+            1 => Just(f64::NAN),
+        ], 0..120),
+        q in 0.0f64..=1.0,
+    ) {
+        let by_sorting = |v: &[f64], q: f64| {
+            let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+            if s.is_empty() {
+                return f64::NAN;
+            }
+            s.sort_by(f64::total_cmp);
+            let pos = q * (s.len() - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+        };
+        let same = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || a == b;
+        prop_assert!(same(quantile(&v, q), by_sorting(&v, q)));
+        let m = by_sorting(&v, 0.5);
+        let dev: Vec<f64> = v.iter().filter(|x| !x.is_nan()).map(|x| (x - m).abs()).collect();
+        prop_assert!(same(mad(&v), 1.4826 * by_sorting(&dev, 0.5)));
     }
 
     #[test]
