@@ -112,11 +112,27 @@ fn scalar(v: &MetricValue) -> Option<f64> {
 
 /// Spread `amount` over buckets covering (from, to] in proportion to overlap.
 fn spread(target: &mut [f64], t0: u64, width: u64, from: u64, to: u64, amount: f64) {
-    let n = target.len() as u64;
+    spread_each(target.len(), t0, width, from, to, amount, |b, share| {
+        target[b] += share
+    });
+}
+
+/// The share of `amount` each of `n` buckets covering (from, to] takes, in
+/// proportion to overlap, in bucket order: `share(bucket, amount)` for
+/// every bucket it touches and no other.
+fn spread_each(
+    n: usize,
+    t0: u64,
+    width: u64,
+    from: u64,
+    to: u64,
+    amount: f64,
+    mut share: impl FnMut(usize, f64),
+) {
+    let n = n as u64;
     if to <= from || to <= t0 {
-        let b = (to.saturating_sub(t0) / width).min(n.saturating_sub(1)) as usize;
-        if !target.is_empty() {
-            target[b] += amount;
+        if n > 0 {
+            share((to.saturating_sub(t0) / width).min(n - 1) as usize, amount);
         }
         return;
     }
@@ -127,7 +143,7 @@ fn spread(target: &mut [f64], t0: u64, width: u64, from: u64, to: u64, amount: f
         let lo = (t0 + b * width).max(from);
         let hi = (t0 + (b + 1) * width).min(to);
         if hi > lo {
-            target[b as usize] += amount * (hi - lo) as f64 / span;
+            share(b as usize, amount * (hi - lo) as f64 / span);
         }
         if t0 + (b + 1) * width >= to {
             break;
@@ -242,6 +258,8 @@ pub fn bucket_metrics(
             // Last value per bucket, carried forward until stale; summed
             // over series (pools of several instances add up).
             let mut values: Vec<Option<f64>> = vec![None; n];
+            // The buckets the series reaches: only those are added up.
+            let (mut first_b, mut last_b) = (n, 0);
             for (i, p) in pts.iter().enumerate() {
                 let Some(v) = scalar(&p.value) else { continue };
                 let Some(b) = bucket_of(p.time_unix_nano) else {
@@ -256,6 +274,8 @@ pub fn bucket_metrics(
                 for slot in values.iter_mut().take(last + 1).skip(b) {
                     *slot = Some(v);
                 }
+                first_b = first_b.min(b);
+                last_b = last_b.max(last);
             }
             let target = match kind {
                 GaugeKind::PoolUsed => &mut mb.pool_used,
@@ -265,8 +285,9 @@ pub fn bucket_metrics(
                 GaugeKind::Pending => &mut mb.pending,
                 GaugeKind::Cpu => &mut mb.cpu,
             };
-            for (t, v) in target.iter_mut().zip(values) {
-                if let Some(v) = v {
+            let reached = first_b..(last_b + 1).max(first_b);
+            for (t, v) in target[reached.clone()].iter_mut().zip(&values[reached]) {
+                if let Some(v) = *v {
                     *t = Some(match kind {
                         GaugeKind::Cpu => t.unwrap_or(0.0).max(v),
                         _ => t.unwrap_or(0.0) + v,
@@ -386,17 +407,15 @@ pub fn bucket_metrics(
                 };
                 prev = Some((p.time_unix_nano, bucket_counts.clone()));
                 for (i, d) in delta.iter().enumerate() {
-                    let mut lane = vec![0.0; n];
-                    spread(&mut lane, t0, width, from, p.time_unix_nano, *d);
-                    for (b, v) in lane.iter().enumerate() {
-                        if *v > 0.0 {
+                    spread_each(n, t0, width, from, p.time_unix_nano, *d, |b, v| {
+                        if v > 0.0 {
                             let slot = &mut mb.latency_counts[b];
                             if slot.is_empty() {
                                 slot.resize(delta.len(), 0.0);
                             }
                             slot[i] += v;
                         }
-                    }
+                    });
                 }
                 mb.has_latency = true;
             }
