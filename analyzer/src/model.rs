@@ -28,9 +28,7 @@ impl std::hash::Hasher for FxHasher {
         // byte would cost more than the rest).
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(FX_SEED);
+            self.0 = (self.0.rotate_left(5) ^ tail_word(rest)).wrapping_mul(FX_SEED);
         }
     }
     fn write_u8(&mut self, i: u8) {
@@ -47,6 +45,24 @@ impl std::hash::Hasher for FxHasher {
         // low ones; tables index by the low bits, so bring the high ones
         // down (as rustc-hash 2 does).
         self.0.rotate_left(26)
+    }
+}
+
+/// Up to seven bytes as one word, with loads that do not depend on the
+/// length byte by byte (as wyhash reads them); one word per length, so
+/// with the length hashed before them the bytes are told apart.
+#[inline]
+fn tail_word(rest: &[u8]) -> u64 {
+    let n = rest.len();
+    let u32_at = |i: usize| {
+        u64::from(u32::from_le_bytes(
+            rest[i..i + 4].try_into().unwrap_or_default(),
+        ))
+    };
+    if n >= 4 {
+        u32_at(0) | (u32_at(n - 4) << 32)
+    } else {
+        u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8) | (u64::from(rest[n - 1]) << 16)
     }
 }
 
