@@ -325,14 +325,18 @@ pub struct Interner {
 }
 
 /// Values each thread found interned lately, so that decoders on several
-/// threads do not queue for the shared table: per interner (by id), a few
-/// thousand at most.
+/// threads do not queue for the shared table: per interner (by id), up to
+/// `LOCAL_VALUES` (then it starts over).
 struct LocalCache {
     tables: Vec<(u64, HashSet<Key, FxBuild>)>,
 }
 
 const LOCAL_INTERNERS: usize = 4;
-const LOCAL_VALUES: usize = 4096;
+/// Room for the paths or keys of a few thousand hot objects besides the
+/// names and routes: a value that misses costs a UTF-8 check and the
+/// shared table's lock, and a cache that keeps starting over misses even
+/// its hottest values. 8 bytes a value (150 KiB a thread, full).
+const LOCAL_VALUES: usize = 16384;
 
 thread_local! {
     static LOCAL: std::cell::RefCell<LocalCache> =
