@@ -328,7 +328,36 @@ pub struct Interner {
 /// threads do not queue for the shared table: per interner (by id), up to
 /// `LOCAL_VALUES` (then it starts over).
 struct LocalCache {
-    tables: Vec<(u64, HashSet<Key, FxBuild>)>,
+    tables: Vec<(u64, hashbrown::HashTable<Key>)>,
+}
+
+/// The hash of a value's text in the threads' caches.
+fn text_hash(bytes: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    std::hash::Hasher::write(&mut h, bytes);
+    std::hash::Hasher::finish(&h)
+}
+
+/// `a == b` a word at a time: values are short, and a call to `memcmp`
+/// costs more than the compare.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a == b;
+    }
+    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
+    let mut i = 0;
+    while i + 8 <= n {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
 }
 
 const LOCAL_INTERNERS: usize = 4;
@@ -386,7 +415,9 @@ impl Interner {
             .try_with(|local| {
                 let local = local.borrow();
                 let (_, cache) = local.tables.iter().find(|(id, _)| *id == self.id)?;
-                cache.get(bytes).map(|k| Interned(k.0))
+                cache
+                    .find(text_hash(bytes), |k| same_bytes(k.0.as_bytes(), bytes))
+                    .map(|k| Interned(k.0))
             })
             .ok()
             .flatten()
@@ -427,7 +458,7 @@ impl Interner {
                     if tables.len() >= LOCAL_INTERNERS {
                         tables.remove(0);
                     }
-                    tables.push((self.id, HashSet::default()));
+                    tables.push((self.id, hashbrown::HashTable::new()));
                     tables.len() - 1
                 }
             };
@@ -435,7 +466,14 @@ impl Interner {
             if cache.len() >= LOCAL_VALUES {
                 cache.clear();
             }
-            cache.insert(key);
+            let text = key.0.as_bytes();
+            let hash = text_hash(text);
+            if cache
+                .find(hash, |k| same_bytes(k.0.as_bytes(), text))
+                .is_none()
+            {
+                cache.insert_unique(hash, key, |k| text_hash(k.0.as_bytes()));
+            }
         });
         Sym(Repr::Interned(key.0))
     }

@@ -3,6 +3,8 @@
 //! reader (protobuf bytes, JSON, the generated messages), so the span
 //! builder dispatches on an [`AttrKey`] instead of comparing strings.
 
+use herdwatch_analyzer::model::same_bytes;
+
 /// An attribute key the decoder reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttrKey {
@@ -129,35 +131,13 @@ impl AttrKey {
         }
         let i = usize::from(TABLE[slot(name)]);
         let k = (i < SPAN_KEYS.len() + RESOURCE_KEYS.len()).then(|| nth(i))?;
-        same(k.name.as_bytes(), name).then_some(k)
+        same_bytes(k.name.as_bytes(), name).then_some(k)
     }
 
     /// The key `name` is, if the decoder reads it.
     pub(crate) fn of(name: &str) -> Option<Self> {
         Self::find(name.as_bytes()).map(|k| k.key)
     }
-}
-
-/// `a == b` in 8-byte words (keys are short; a call to `memcmp` costs
-/// more than the compare).
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if n < 8 {
-        return a == b;
-    }
-    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
-    let mut i = 0;
-    while i + 8 <= n {
-        if word(a, i) != word(b, i) {
-            return false;
-        }
-        i += 8;
-    }
-    word(a, n - 8) == word(b, n - 8)
 }
 
 #[cfg(test)]
