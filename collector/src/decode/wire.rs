@@ -181,7 +181,9 @@ impl<'a> Fields<'a> {
     }
 }
 
-type Attrs<'a> = Vec<(Option<AttrKey>, Option<Attr<'a>>)>;
+/// An attribute: its key if the decoder reads it, and its value.
+type KeyValue<'a> = (Option<AttrKey>, Option<Attr<'a>>);
+type Attrs<'a> = Vec<KeyValue<'a>>;
 
 /// Decode a protobuf `ExportTraceServiceRequest` into a batch, with the same
 /// rows and rejections as [`Decoder::traces`] on the generated message.
@@ -389,11 +391,7 @@ fn status_code(buf: &[u8], base: usize) -> Result<i32, WireError> {
 
 /// A key-value: the key if the decoder reads it (any other is checked to
 /// be UTF-8, then forgotten), and the value.
-fn key_value<'a>(
-    d: &Decoder,
-    buf: &'a [u8],
-    base: usize,
-) -> Result<(Option<AttrKey>, Option<Attr<'a>>), WireError> {
+fn key_value<'a>(d: &Decoder, buf: &'a [u8], base: usize) -> Result<KeyValue<'a>, WireError> {
     if let Some(kv) = sdk_key_value(d, buf, base) {
         return kv;
     }
@@ -434,7 +432,7 @@ fn sdk_key_value<'a>(
     d: &Decoder,
     buf: &'a [u8],
     base: usize,
-) -> Option<Result<(Option<AttrKey>, Option<Attr<'a>>), WireError>> {
+) -> Option<Result<KeyValue<'a>, WireError>> {
     let [0x0a, key_len, rest @ ..] = buf else {
         return None;
     };
