@@ -519,9 +519,10 @@ impl Dedup {
         self.current.contains(&fp) || self.previous.contains(&fp)
     }
 
-    fn insert(&mut self, fp: u64) {
+    /// Remember `fp`; false when it was already remembered.
+    fn insert(&mut self, fp: u64) -> bool {
         if self.contains(fp) {
-            return;
+            return false;
         }
         if self.current.len() >= self.generation {
             // Free the oldest table before the new one is allocated.
@@ -532,23 +533,33 @@ impl Dedup {
             );
         }
         self.current.insert(fp);
+        true
     }
 
-    /// Drop spans already stored or already in `pending` (this group), and
-    /// add the kept ones' fingerprints to `pending`; returns how many were
-    /// dropped. Committed with [`Dedup::commit`] once durable.
-    fn filter(&self, spans: &mut Vec<SpanRow>, pending: &mut HashSet<u64, FpBuild>) -> u64 {
+    /// Drop spans already stored or already kept in this group, and
+    /// remember the kept ones at once (one probe a span), noting them in
+    /// `kept`; returns how many were dropped. Should the group not become
+    /// durable, [`Dedup::forget`] takes them back.
+    fn filter(&mut self, spans: &mut Vec<SpanRow>, kept: &mut Vec<u64>) -> u64 {
         let before = spans.len();
         spans.retain(|s| {
             let fp = Self::fingerprint(s);
-            !self.contains(fp) && pending.insert(fp)
+            let new = self.insert(fp);
+            if new {
+                kept.push(fp);
+            }
+            new
         });
         (before - spans.len()) as u64
     }
 
-    fn commit(&mut self, pending: &mut HashSet<u64, FpBuild>) {
-        for fp in pending.drain() {
-            self.insert(fp);
+    /// Forget what a group that failed to be written kept, so that its
+    /// retries are stored.
+    fn forget(&mut self, kept: &mut Vec<u64>) {
+        for fp in kept.drain(..) {
+            if !self.current.remove(&fp) {
+                self.previous.remove(&fp);
+            }
         }
     }
 }
@@ -623,9 +634,7 @@ impl Inner {
                 meta.max_time = meta.max_time.max(record.max_time);
                 match self.decode(record.signal, &record.payload) {
                     Some(mut batch) => {
-                        let mut pending = HashSet::default();
-                        let dups = dedup.filter(&mut batch.spans, &mut pending);
-                        dedup.commit(&mut pending);
+                        let dups = dedup.filter(&mut batch.spans, &mut Vec::new());
                         self.apply(batch, dups);
                     }
                     None => {
@@ -825,9 +834,7 @@ impl Inner {
                     continue;
                 }
                 if let Some(mut batch) = self.decode(record.signal, &record.payload) {
-                    let mut pending = HashSet::default();
-                    dedup.filter(&mut batch.spans, &mut pending);
-                    dedup.commit(&mut pending);
+                    dedup.filter(&mut batch.spans, &mut Vec::new());
                     f(&batch);
                 }
             }
@@ -849,6 +856,8 @@ impl Inner {
         mut dedup: Dedup,
     ) {
         let mut last_retention = Instant::now();
+        // The fingerprints a group kept, until it is durable.
+        let mut kept: Vec<u64> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             while group.len() < 4096 {
@@ -859,9 +868,9 @@ impl Inner {
             }
             // De-duplicate against what is stored and within the group.
             let mut pending = Vec::with_capacity(group.len());
-            let mut group_fps: HashSet<u64, FpBuild> = HashSet::default();
+            kept.clear();
             for mut req in group {
-                let dups = dedup.filter(&mut req.batch.spans, &mut group_fps);
+                let dups = dedup.filter(&mut req.batch.spans, &mut kept);
                 let all_dups = dups > 0 && req.batch.is_empty() && req.batch.other_logs == 0;
                 if !all_dups {
                     let (lo, hi) = time_range(&req.batch);
@@ -881,7 +890,6 @@ impl Inner {
             }
             match result {
                 Ok(()) => {
-                    dedup.commit(&mut group_fps);
                     for (req, dups) in pending {
                         let outcome = self.apply(req.batch, dups);
                         let _ = req.done.send(Ok(outcome));
@@ -889,6 +897,7 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "store write failed; refusing the group");
+                    dedup.forget(&mut kept);
                     for (req, _) in pending {
                         let _ = req.done.send(Err(StoreError::Write(e.to_string())));
                     }
@@ -1029,6 +1038,43 @@ mod tests {
             "the oldest generation is gone"
         );
         assert!([3, 4, 5].iter().all(|&fp| d.contains(fp)));
+    }
+
+    /// A group's spans are remembered as they are kept (a copy later in
+    /// the group goes), and a group that failed to be written is forgotten
+    /// so that its retry is kept again, even across a new generation.
+    #[test]
+    fn a_group_is_remembered_as_it_is_kept_and_forgotten_when_not_written() {
+        let d = Decoder::default();
+        let spans = |ids: &[u8]| d.traces(&request(ids)).spans;
+        let mut dedup = Dedup::new(8);
+        let mut kept = Vec::new();
+        let mut first = spans(&[1, 2, 1]);
+        assert_eq!(dedup.filter(&mut first, &mut kept), 1, "the second 1 goes");
+        assert_eq!(first.len(), 2);
+        assert_eq!(kept.len(), 2);
+        // Written: the next group's copies go.
+        kept.clear();
+        let mut again = spans(&[2, 3]);
+        assert_eq!(dedup.filter(&mut again, &mut kept), 1);
+        assert_eq!(kept.len(), 1, "only 3 is new");
+        // Not written: forgotten, so the retry is kept whole.
+        dedup.forget(&mut kept);
+        assert!(kept.is_empty());
+        let mut retry = spans(&[3, 4, 5, 6, 7]);
+        assert_eq!(dedup.filter(&mut retry, &mut kept), 0);
+        // A generation turned over while the group was kept (capacity 8:
+        // generations of 4): forgetting still finds every one.
+        assert_eq!(kept.len(), 5);
+        dedup.forget(&mut kept);
+        let mut retry = spans(&[3, 4, 5, 6, 7]);
+        assert_eq!(dedup.filter(&mut retry, &mut Vec::new()), 0);
+        let mut old = spans(&[1, 2]);
+        assert_eq!(
+            dedup.filter(&mut old, &mut Vec::new()),
+            0,
+            "1 and 2 aged out"
+        );
     }
 
     #[tokio::test]
