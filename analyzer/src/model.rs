@@ -466,14 +466,11 @@ impl Interner {
             if cache.len() >= LOCAL_VALUES {
                 cache.clear();
             }
-            let text = key.0.as_bytes();
-            let hash = text_hash(text);
-            if cache
-                .find(hash, |k| same_bytes(k.0.as_bytes(), text))
-                .is_none()
-            {
-                cache.insert_unique(hash, key, |k| text_hash(k.0.as_bytes()));
-            }
+            // Only `intern` calls this, once the value missed this
+            // thread's cache: it is not there.
+            cache.insert_unique(text_hash(key.0.as_bytes()), key, |k| {
+                text_hash(k.0.as_bytes())
+            });
         });
         Sym(Repr::Interned(key.0))
     }

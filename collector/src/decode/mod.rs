@@ -12,8 +12,6 @@ pub mod json;
 mod keys;
 pub mod wire;
 
-use keys::AttrKey;
-
 use std::sync::Arc;
 
 use herdwatch_analyzer::model::{
@@ -27,6 +25,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use keys::AttrKey;
 
 /// Turns OTLP messages into model rows. Cheap to clone; share one per process
 /// so that every receiver interns into the same table.
