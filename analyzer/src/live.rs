@@ -29,8 +29,13 @@ pub struct LiveSettings {
     pub quiet_nanos: u64,
     /// A trace without a root is complete this long after its last span.
     pub grace_nanos: u64,
-    /// Ticks without new spans after which every pending trace is reduced.
+    /// Ticks without new spans after which every pending trace whose root
+    /// has arrived is reduced.
     pub idle_ticks_to_flush: u32,
+    /// Ticks without new spans after which every pending trace is reduced,
+    /// rooted or not. Until then a request in flight when its sender
+    /// stalled keeps its spans together.
+    pub idle_ticks_to_flush_all: u32,
     /// The longest operation assumed in flight across a rebuilt range.
     pub max_lookback_nanos: u64,
     /// How far behind the newest data the analysed series may end while
@@ -52,6 +57,7 @@ impl LiveSettings {
             quiet_nanos: 1_000_000_000,
             grace_nanos: 30_000_000_000,
             idle_ticks_to_flush: 3,
+            idle_ticks_to_flush_all: 30,
             max_lookback_nanos: 60_000_000_000,
             max_edge_lag_nanos: 3_000_000_000,
             max_pending_spans: 200_000,
@@ -131,6 +137,8 @@ pub struct LiveAnalysis {
     /// Earliest time in the data so far (the series start there while the
     /// window is longer than the data).
     earliest: u64,
+    /// Where the series the last tick detected over start.
+    window_from: u64,
     /// Newest metric point time seen.
     latest_point: u64,
     pushed_spans: u64,
@@ -164,6 +172,7 @@ impl LiveAnalysis {
             longest: 0,
             facts_floor: 0,
             earliest: u64::MAX,
+            window_from: 0,
             latest_point: 0,
             pushed_spans: 0,
             idle_ticks: 0,
@@ -204,8 +213,10 @@ impl LiveAnalysis {
             self.idle_ticks = 0;
         }
         self.pushed_spans = 0;
-        if self.idle_ticks >= self.settings.idle_ticks_to_flush {
+        if self.idle_ticks >= self.settings.idle_ticks_to_flush_all {
             self.assembler.flush();
+        } else if self.idle_ticks >= self.settings.idle_ticks_to_flush {
+            self.assembler.flush_rooted();
         } else {
             self.assembler.sweep_complete();
         }
@@ -286,6 +297,7 @@ impl LiveAnalysis {
         });
         let hi = latest.min(complete_to).max(horizon);
         let t0 = horizon;
+        self.window_from = t0;
         let n = ((hi - t0) / width + 1) as usize;
         let series = dense_series(&self.spans, t0, n, &self.analyzer);
         let series = signals::with_metrics(
@@ -310,6 +322,12 @@ impl LiveAnalysis {
         );
         self.series = series;
         Ok((report, stats))
+    }
+
+    /// Where the window the last tick detected over starts (data time): an
+    /// incident that began before it is seen only in part.
+    pub fn window_from(&self) -> u64 {
+        self.window_from
     }
 
     /// The series the last tick detected over.
@@ -449,7 +467,7 @@ pub(crate) fn touched_range(f: &Facts) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use crate::model::{MarkerKind, SpanKind};
-    use crate::shape::tests::span;
+    use crate::shape::tests::{request_with, span};
 
     /// A `FLUSHALL` seen in a span is a marker of the window for as long as
     /// it is in it, not only for the tick that reduced its trace.
@@ -484,5 +502,66 @@ mod tests {
             live.tick().unwrap();
         }
         assert_eq!(flushes(&live), 1, "still there ticks later");
+    }
+
+    /// A sender that stalls with a request in flight: its lookup and query
+    /// were sent, its fill and its root (which ends last) come after the
+    /// stall. Idle ticks reduce the complete traces, not the half-sent one:
+    /// it stays one request, with its miss and its recompute, until the
+    /// sender has been silent for `idle_ticks_to_flush_all` ticks.
+    #[test]
+    fn a_request_in_flight_when_its_sender_stalls_stays_one_trace() {
+        let analyzer = Analyzer::new(Default::default(), Vec::new());
+        let settings = LiveSettings::new(900_000_000_000);
+        let mut live = LiveAnalysis::new(analyzer, settings.clone());
+        let mut in_flight = request_with(1, "/product/42", true);
+        let after_stall = vec![in_flight.remove(3), in_flight.remove(0)];
+        let mut before = in_flight;
+        before.extend(request_with(2, "/product/7", false));
+        live.push(Batch {
+            spans: before,
+            ..Batch::default()
+        });
+        let mut traces = 0;
+        let stall = settings.idle_ticks_to_flush_all - 1;
+        for _ in 0..stall {
+            traces += live.tick().unwrap().1.traces;
+        }
+        assert_eq!(traces, 1, "the complete request only");
+        assert_eq!(live.assembler.pending_traces(), 1);
+        live.push(Batch {
+            spans: after_stall,
+            ..Batch::default()
+        });
+        for _ in 0..=settings.idle_ticks_to_flush {
+            traces += live.tick().unwrap().1.traces;
+        }
+        assert_eq!(traces, 2, "the stalled request, whole");
+        assert_eq!(live.facts.requests.len(), 2);
+        assert_eq!(live.facts.recomputes.len(), 1);
+        let misses = |l: &LiveAnalysis| {
+            l.facts
+                .lookups
+                .iter()
+                .filter(|l| l.outcome == crate::shape::Outcome::Miss)
+                .count()
+        };
+        assert_eq!(misses(&live), 1);
+
+        // A trace whose root never comes is reduced once the sender has
+        // been silent long enough.
+        let mut rootless = request_with(3, "/product/9", true);
+        rootless.remove(0);
+        live.push(Batch {
+            spans: rootless,
+            ..Batch::default()
+        });
+        for _ in 0..settings.idle_ticks_to_flush_all {
+            traces += live.tick().unwrap().1.traces;
+        }
+        assert_eq!(traces, 2, "still waiting for its root");
+        traces += live.tick().unwrap().1.traces;
+        assert_eq!(traces, 3, "reduced after the long silence");
+        assert_eq!(live.assembler.pending_traces(), 0);
     }
 }

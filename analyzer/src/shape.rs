@@ -535,6 +535,24 @@ impl TraceAssembler {
         self.pending.values().map(|p| p.first_start).min()
     }
 
+    /// Reduce every pending trace whose root has arrived: with no data
+    /// coming, the watermark that would complete them stands still. A trace
+    /// still waiting for its root is a request in flight (its root ends
+    /// last): it stays, so a sender that stalls mid-request does not split
+    /// its traces in two.
+    pub fn flush_rooted(&mut self) {
+        let mut done: Vec<Pending> = self
+            .pending
+            .extract_if(|_, p| p.rooted)
+            .map(|(_, p)| p)
+            .collect();
+        done.sort_unstable_by_key(|p| p.first_start);
+        for p in done {
+            self.pending_spans = self.pending_spans.saturating_sub(p.spans.len());
+            self.reduce(p.spans);
+        }
+    }
+
     /// Reduce every pending trace, complete or not.
     pub fn flush(&mut self) {
         self.pending_spans = 0;
@@ -1193,7 +1211,7 @@ pub(crate) mod tests {
         );
     }
 
-    fn request_with(trace: u8, path: &str, miss: bool) -> Vec<SpanRow> {
+    pub(crate) fn request_with(trace: u8, path: &str, miss: bool) -> Vec<SpanRow> {
         let mut req = span(trace, 1, 0, SpanKind::Server, 0, 100);
         req.http_route = Sym::from("/product/{id}");
         req.url_path = Sym::from(path);

@@ -74,8 +74,18 @@ impl Source for LiveSource {
     }
 }
 
-/// Merge one pass's detections into the registry; returns (opened, resolved).
-pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<String>, Vec<String>) {
+/// Merge one pass's detections, made over a window starting at
+/// `window_from`, into the registry; returns (opened, resolved).
+///
+/// An incident the window still sees whole takes the detection's onset,
+/// the one made over the most data, so the live onset converges to the
+/// batch analysis'; one that began before the window keeps the earliest
+/// onset it was given, since the window sees only its tail.
+pub fn merge(
+    registry: &mut Vec<Incident>,
+    detected: Vec<Incident>,
+    window_from: u64,
+) -> (Vec<String>, Vec<String>) {
     let mut opened = Vec::new();
     let mut resolved = Vec::new();
     for d in detected {
@@ -92,7 +102,12 @@ pub fn merge(registry: &mut Vec<Incident>, detected: Vec<Incident>) -> (Vec<Stri
             Some(e) => {
                 let was_open = e.is_open();
                 let id = e.id.clone();
-                let onset = e.onset_unix_nano.min(d.onset_unix_nano);
+                let earliest = e.onset_unix_nano.min(d.onset_unix_nano);
+                let onset = if earliest >= window_from {
+                    d.onset_unix_nano
+                } else {
+                    earliest
+                };
                 *e = d;
                 e.id = id;
                 e.onset_unix_nano = onset;
@@ -200,6 +215,7 @@ impl Live {
         // facts just reduced): without new rows and without it, a pass would
         // find what the last one found.
         let mut unsettled = false;
+        let mut window_from = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -230,6 +246,7 @@ impl Live {
             let (report, stats) = match result {
                 Ok((live, cursor, out)) => {
                     let latest = live.latest();
+                    window_from = live.window_from();
                     state = Some((live, cursor));
                     match out {
                         None => continue,
@@ -278,7 +295,7 @@ impl Live {
                     .write()
                     .unwrap_or_else(|e| e.into_inner());
                 // Copy-on-write: readers keep the snapshot they hold.
-                let (o, r) = merge(Arc::make_mut(&mut reg), report.incidents);
+                let (o, r) = merge(Arc::make_mut(&mut reg), report.incidents, window_from);
                 metrics
                     .open_incidents
                     .set(reg.iter().filter(|i| i.is_open()).count() as u64);
@@ -345,6 +362,7 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_id_while_an_incident_lasts_and_reports_transitions() {
+        let s = 1_000_000_000;
         let mut reg = Vec::new();
         let (o, r) = merge(
             &mut reg,
@@ -355,9 +373,11 @@ mod tests {
                 1000,
                 true,
             )],
+            0,
         );
         assert_eq!((o, r), (vec!["first".to_string()], vec![]));
-        // Next pass: same incident, onset a bucket later, new id from detection.
+        // Next pass, over more data: same incident, onset a bucket later,
+        // new id from detection. The id stays; the onset is the new one.
         let (o, r) = merge(
             &mut reg,
             vec![incident(
@@ -367,23 +387,44 @@ mod tests {
                 1001,
                 true,
             )],
+            0,
         );
         assert!(o.is_empty() && r.is_empty());
         assert_eq!(reg.len(), 1);
         assert_eq!(
             (reg[0].id.as_str(), reg[0].onset_unix_nano),
-            ("first", 1000 * 1_000_000_000)
+            ("first", 1001 * s)
+        );
+        // The window has moved past the onset and sees only the tail: the
+        // onset it finds is not the incident's, the earliest one stays.
+        let (o, r) = merge(
+            &mut reg,
+            vec![incident(
+                "tail",
+                "shop",
+                Kind::SynchronizedExpiry,
+                1003,
+                true,
+            )],
+            1002 * s,
+        );
+        assert!(o.is_empty() && r.is_empty());
+        assert_eq!(
+            (reg[0].id.as_str(), reg[0].onset_unix_nano),
+            ("first", 1001 * s)
         );
         // It ends: one resolve transition, still the first id.
         let (o, r) = merge(
             &mut reg,
             vec![incident("x", "shop", Kind::SynchronizedExpiry, 1001, false)],
+            0,
         );
         assert_eq!((o.len(), r), (0, vec!["first".to_string()]));
         // Another service, much later: a new incident.
         let (o, _) = merge(
             &mut reg,
             vec![incident("late", "billing", Kind::DbSaturation, 9000, true)],
+            0,
         );
         assert_eq!(o, vec!["late".to_string()]);
         assert_eq!(reg.len(), 2);
