@@ -215,7 +215,6 @@ impl Live {
         // facts just reduced): without new rows and without it, a pass would
         // find what the last one found.
         let mut unsettled = false;
-        let mut window_from = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -243,16 +242,15 @@ impl Live {
                 (live, cursor, out)
             })
             .await;
-            let (report, stats) = match result {
+            let ((report, stats), window_from) = match result {
                 Ok((live, cursor, out)) => {
-                    let latest = live.latest();
-                    window_from = live.window_from();
+                    let (latest, window_from) = (live.latest(), live.window_from());
                     state = Some((live, cursor));
                     match out {
                         None => continue,
                         Some(Ok(r)) => {
                             self.inner.now.store(latest, Ordering::Relaxed);
-                            r
+                            (r, window_from)
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "live analysis failed");
