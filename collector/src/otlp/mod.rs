@@ -149,6 +149,11 @@ struct Decoded {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, IngestError> {
+    // Tracking the path costs on every field: only a body that fails is
+    // read again to say where.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
