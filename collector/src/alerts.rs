@@ -1,4 +1,4 @@
-//! Webhook alerts on incident open and resolve, in the Alertmanager webhook
+//! Webhook alerts on incident open, refinement and resolve, in the Alertmanager webhook
 //! shape (`version: "4"`, `status`, `alerts[]` with labels, annotations,
 //! `startsAt`/`endsAt`). Deliveries go through a bounded queue to one task
 //! that retries with exponential backoff and full jitter; the analysis only
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use herdwatch_analyzer::incident::Incident;
 use herdwatch_analyzer::report::rfc3339;
+use herdwatch_analyzer::slo::Severity;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,17 @@ pub struct FiringLabels {
     sent: HashMap<String, serde_json::Value>,
 }
 
+/// What [`FiringLabels::relabel`] found.
+#[derive(Debug, PartialEq)]
+pub enum Relabel {
+    /// Nothing to say: the alert as it fired still fits.
+    Same,
+    /// Refined: these are the labels the alert fired with.
+    From(serde_json::Value),
+    /// Not seen firing (it did before a restart).
+    Unknown,
+}
+
 /// Firing alerts remembered at most (the oldest are forgotten first).
 const MAX_FIRING: usize = 10_000;
 
@@ -41,16 +53,49 @@ impl FiringLabels {
     pub fn for_transition(&mut self, i: &Incident) -> serde_json::Value {
         let current = labels(i);
         if i.is_open() {
-            if self.sent.len() >= MAX_FIRING
-                && let Some(k) = self.sent.keys().next().cloned()
-            {
-                self.sent.remove(&k);
-            }
-            self.sent.insert(i.id.clone(), current.clone());
+            self.remember(&i.id, current.clone());
             current
         } else {
             self.sent.remove(&i.id).unwrap_or(current)
         }
+    }
+
+    /// `i` is still open and may have been refined: another kind, or a
+    /// higher severity than its alert fired with. Receivers match and route
+    /// on labels (a page goes where a ticket does not), so a refined
+    /// incident is a new alert, not the old one with new annotations: the
+    /// current labels are remembered in place of the old ones, which are
+    /// returned to be resolved. A severity that falls while the incident
+    /// lasts changes nothing (no alert flaps down and up again).
+    pub fn relabel(&mut self, i: &Incident) -> Relabel {
+        let current = labels(i);
+        match self.sent.get_mut(&i.id) {
+            Some(old) => {
+                let fired = old["severity"].as_str().and_then(Severity::parse);
+                let refined =
+                    old["kind"] != current["kind"] || fired.is_none_or(|f| i.severity > f);
+                if refined {
+                    Relabel::From(std::mem::replace(old, current))
+                } else {
+                    Relabel::Same
+                }
+            }
+            None => {
+                // Fired before a restart, with labels not known here.
+                self.remember(&i.id, current);
+                Relabel::Unknown
+            }
+        }
+    }
+
+    fn remember(&mut self, id: &str, labels: serde_json::Value) {
+        if self.sent.len() >= MAX_FIRING
+            && !self.sent.contains_key(id)
+            && let Some(k) = self.sent.keys().next().cloned()
+        {
+            self.sent.remove(&k);
+        }
+        self.sent.insert(id.to_string(), labels);
     }
 }
 
@@ -157,11 +202,32 @@ impl Notifier {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .for_transition(incident);
-        if self
-            .tx
-            .try_send(payload(incident, labels, dashboard))
-            .is_err()
-        {
+        self.send(incident, payload(incident, labels, dashboard));
+    }
+
+    /// Queue the notifications of an open incident whose kind or severity
+    /// changed at `at_unix_nano`: the alert it fired as, resolved then, and
+    /// the alert it is now, firing. Never blocks.
+    pub fn relabel(&self, incident: &Incident, at_unix_nano: u64, dashboard: &str) {
+        let found = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .relabel(incident);
+        match found {
+            Relabel::Same => return,
+            Relabel::From(old) => {
+                let mut ended = incident.clone();
+                ended.end_unix_nano = Some(at_unix_nano.max(incident.onset_unix_nano));
+                self.send(incident, payload(&ended, old, dashboard));
+            }
+            Relabel::Unknown => {}
+        }
+        self.send(incident, payload(incident, labels(incident), dashboard));
+    }
+
+    fn send(&self, incident: &Incident, body: serde_json::Value) {
+        if self.tx.try_send(body).is_err() {
             tracing::warn!(incident = %incident.id, "webhook queue full; alert dropped");
         }
     }
@@ -174,7 +240,6 @@ mod tests {
     #[test]
     fn a_resolve_carries_the_labels_its_alert_fired_with() {
         use herdwatch_analyzer::incident::Kind;
-        use herdwatch_analyzer::slo::Severity;
         use herdwatch_analyzer::testsuite::incident;
         let mut sent = FiringLabels::default();
         let mut i = incident("a1", "catalog", Kind::SynchronizedExpiry, 100, true);
@@ -196,6 +261,50 @@ mod tests {
         assert!(sent.sent.is_empty(), "forgotten once resolved");
         // A resolve never seen firing (restart) uses the current labels.
         assert_eq!(sent.for_transition(&i)["kind"], "hot-key-expiry");
+    }
+
+    #[test]
+    fn a_refined_incident_resolves_the_alert_it_fired_as_and_fires_as_what_it_is() {
+        use herdwatch_analyzer::incident::Kind;
+        use herdwatch_analyzer::testsuite::incident;
+        let mut sent = FiringLabels::default();
+        let mut i = incident("a1", "catalog", Kind::SynchronizedExpiry, 100, true);
+        i.severity = Severity::Ticket;
+        let fired = sent.for_transition(&i);
+        assert_eq!(sent.relabel(&i), Relabel::Same, "nothing changed");
+        // A severity that falls is no new alert.
+        i.severity = Severity::Info;
+        assert_eq!(sent.relabel(&i), Relabel::Same);
+        // Escalated: a page now.
+        i.severity = Severity::Page;
+        assert_eq!(sent.relabel(&i), Relabel::From(fired));
+        assert_eq!(sent.relabel(&i), Relabel::Same, "said once");
+        // Refined: a hot key (at a lower severity by then).
+        i.kind = Kind::HotKeyExpiry;
+        i.severity = Severity::Ticket;
+        let Relabel::From(paged) = sent.relabel(&i) else {
+            panic!("a new kind is a new alert")
+        };
+        assert_eq!(
+            (paged["kind"].as_str(), paged["severity"].as_str()),
+            (Some("synchronized-expiry"), Some("page"))
+        );
+        // Its resolve carries the labels it fires with now.
+        i.end_unix_nano = Some(200 * 1_000_000_000);
+        let labels = sent.for_transition(&i);
+        assert_eq!(
+            (labels["kind"].as_str(), labels["severity"].as_str()),
+            (Some("hot-key-expiry"), Some("ticket"))
+        );
+        // One that fired before a restart: nothing known to resolve, the
+        // current labels are remembered for what comes next.
+        let mut j = incident("b2", "catalog", Kind::SynchronizedExpiry, 100, true);
+        assert_eq!(sent.relabel(&j), Relabel::Unknown);
+        j.kind = Kind::ColdCache;
+        let Relabel::From(before) = sent.relabel(&j) else {
+            panic!("refined after the restart")
+        };
+        assert_eq!(before["kind"], "synchronized-expiry");
     }
 
     #[test]

@@ -74,8 +74,18 @@ impl Source for LiveSource {
     }
 }
 
+/// What one merge changed, by incident id.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    pub opened: Vec<String>,
+    pub resolved: Vec<String>,
+    /// Still open, with another kind or severity than before (a hot key
+    /// first read as a synchronized expiry; a ticket that became a page).
+    pub relabelled: Vec<String>,
+}
+
 /// Merge one pass's detections, made over a window starting at
-/// `window_from`, into the registry; returns (opened, resolved).
+/// `window_from`, into the registry.
 ///
 /// An incident the window still sees whole takes the detection's onset,
 /// the one made over the most data, so the live onset converges to the
@@ -85,9 +95,8 @@ pub fn merge(
     registry: &mut Vec<Incident>,
     detected: Vec<Incident>,
     window_from: u64,
-) -> (Vec<String>, Vec<String>) {
-    let mut opened = Vec::new();
-    let mut resolved = Vec::new();
+) -> Transitions {
+    let mut t = Transitions::default();
     for d in detected {
         let tolerance = 120_000_000_000u64;
         let existing = registry.iter_mut().find(|e| {
@@ -101,6 +110,7 @@ pub fn merge(
         match existing {
             Some(e) => {
                 let was_open = e.is_open();
+                let labels = (e.kind, e.severity);
                 let id = e.id.clone();
                 let earliest = e.onset_unix_nano.min(d.onset_unix_nano);
                 let onset = if earliest >= window_from {
@@ -112,13 +122,15 @@ pub fn merge(
                 e.id = id;
                 e.onset_unix_nano = onset;
                 if was_open && !e.is_open() {
-                    resolved.push(e.id.clone());
+                    t.resolved.push(e.id.clone());
+                } else if was_open && labels != (e.kind, e.severity) {
+                    t.relabelled.push(e.id.clone());
                 }
             }
             None => {
-                opened.push(d.id.clone());
+                t.opened.push(d.id.clone());
                 if !d.is_open() {
-                    resolved.push(d.id.clone());
+                    t.resolved.push(d.id.clone());
                 }
                 registry.push(d);
             }
@@ -128,7 +140,32 @@ pub fn merge(
     if registry.len() > MAX_INCIDENTS {
         registry.truncate(MAX_INCIDENTS);
     }
-    (opened, resolved)
+    t
+}
+
+/// Queue the webhook deliveries of one merge's transitions, `reg` being
+/// the registry after it and `now` the analysed data time: opened (firing),
+/// refined (the alert it fired as resolved, the one it is now firing),
+/// resolved (with the labels it last fired with).
+pub fn deliver(
+    notifier: &Notifier,
+    dashboard: &str,
+    reg: &[Incident],
+    t: &Transitions,
+    now_unix_nano: u64,
+) {
+    let find = |id: &String| reg.iter().find(|i| &i.id == id);
+    for i in t.opened.iter().filter_map(find) {
+        let mut firing = i.clone();
+        firing.end_unix_nano = None;
+        notifier.notify(&firing, dashboard);
+    }
+    for i in t.relabelled.iter().filter_map(find) {
+        notifier.relabel(i, now_unix_nano, dashboard);
+    }
+    for i in t.resolved.iter().filter_map(find) {
+        notifier.notify(i, dashboard);
+    }
 }
 
 impl Live {
@@ -286,25 +323,28 @@ impl Live {
                 .services
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = report.services;
-            let (opened, resolved, snapshot) = {
+            let (t, snapshot) = {
                 let mut reg = self
                     .inner
                     .incidents
                     .write()
                     .unwrap_or_else(|e| e.into_inner());
                 // Copy-on-write: readers keep the snapshot they hold.
-                let (o, r) = merge(Arc::make_mut(&mut reg), report.incidents, window_from);
+                let t = merge(Arc::make_mut(&mut reg), report.incidents, window_from);
                 metrics
                     .open_incidents
                     .set(reg.iter().filter(|i| i.is_open()).count() as u64);
-                let snapshot = (!o.is_empty() || !r.is_empty() || reg.iter().any(|i| i.is_open()))
+                let snapshot = (t != Transitions::default() || reg.iter().any(|i| i.is_open()))
                     .then(|| reg.clone());
-                (o, r, snapshot)
+                (t, snapshot)
             };
-            for id in &opened {
+            for id in &t.opened {
                 tracing::info!(incident = %id, "incident opened");
             }
-            for id in &resolved {
+            for id in &t.relabelled {
+                tracing::info!(incident = %id, "incident refined");
+            }
+            for id in &t.resolved {
                 tracing::info!(incident = %id, "incident resolved");
             }
             if let Some((notifier, url)) = &notifier {
@@ -313,19 +353,8 @@ impl Live {
                     .incidents
                     .read()
                     .unwrap_or_else(|e| e.into_inner());
-                // One delivery per transition: opened (firing), then resolved.
-                for id in &opened {
-                    if let Some(i) = reg.iter().find(|i| &i.id == id) {
-                        let mut firing = i.clone();
-                        firing.end_unix_nano = None;
-                        notifier.notify(&firing, url);
-                    }
-                }
-                for id in &resolved {
-                    if let Some(i) = reg.iter().find(|i| &i.id == id) {
-                        notifier.notify(i, url);
-                    }
-                }
+                let now = self.inner.now.load(Ordering::Relaxed);
+                deliver(notifier, url, &reg, &t, now);
             }
             if let Some(snapshot) = snapshot {
                 let path = self.inner.path.clone();
@@ -361,8 +390,9 @@ mod tests {
     #[test]
     fn merge_keeps_the_id_while_an_incident_lasts_and_reports_transitions() {
         let s = 1_000_000_000;
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut reg = Vec::new();
-        let (o, r) = merge(
+        let t = merge(
             &mut reg,
             vec![incident(
                 "first",
@@ -373,10 +403,16 @@ mod tests {
             )],
             0,
         );
-        assert_eq!((o, r), (vec!["first".to_string()], vec![]));
+        assert_eq!(
+            t,
+            Transitions {
+                opened: ids(&["first"]),
+                ..Transitions::default()
+            }
+        );
         // Next pass, over more data: same incident, onset a bucket later,
         // new id from detection. The id stays; the onset is the new one.
-        let (o, r) = merge(
+        let t = merge(
             &mut reg,
             vec![incident(
                 "other",
@@ -387,7 +423,7 @@ mod tests {
             )],
             0,
         );
-        assert!(o.is_empty() && r.is_empty());
+        assert_eq!(t, Transitions::default());
         assert_eq!(reg.len(), 1);
         assert_eq!(
             (reg[0].id.as_str(), reg[0].onset_unix_nano),
@@ -395,36 +431,43 @@ mod tests {
         );
         // The window has moved past the onset and sees only the tail: the
         // onset it finds is not the incident's, the earliest one stays.
-        let (o, r) = merge(
+        // The kind is refined meanwhile: a relabel.
+        let t = merge(
             &mut reg,
-            vec![incident(
-                "tail",
-                "shop",
-                Kind::SynchronizedExpiry,
-                1003,
-                true,
-            )],
+            vec![incident("tail", "shop", Kind::HotKeyExpiry, 1003, true)],
             1002 * s,
         );
-        assert!(o.is_empty() && r.is_empty());
         assert_eq!(
-            (reg[0].id.as_str(), reg[0].onset_unix_nano),
-            ("first", 1001 * s)
+            t,
+            Transitions {
+                relabelled: ids(&["first"]),
+                ..Transitions::default()
+            }
+        );
+        assert_eq!(
+            (reg[0].id.as_str(), reg[0].onset_unix_nano, reg[0].kind),
+            ("first", 1001 * s, Kind::HotKeyExpiry)
         );
         // It ends: one resolve transition, still the first id.
-        let (o, r) = merge(
+        let t = merge(
             &mut reg,
             vec![incident("x", "shop", Kind::SynchronizedExpiry, 1001, false)],
             0,
         );
-        assert_eq!((o.len(), r), (0, vec!["first".to_string()]));
+        assert_eq!(
+            t,
+            Transitions {
+                resolved: ids(&["first"]),
+                ..Transitions::default()
+            }
+        );
         // Another service, much later: a new incident.
-        let (o, _) = merge(
+        let t = merge(
             &mut reg,
             vec![incident("late", "billing", Kind::DbSaturation, 9000, true)],
             0,
         );
-        assert_eq!(o, vec!["late".to_string()]);
+        assert_eq!(t.opened, ids(&["late"]));
         assert_eq!(reg.len(), 2);
         assert_eq!(reg[0].id, "late", "newest first");
     }

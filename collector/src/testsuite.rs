@@ -36,6 +36,62 @@ pub async fn start(name: &str, toml: &str) -> Running {
         .expect("collector starts")
 }
 
+/// A webhook receiver on loopback: the first delivery gets a 500 (so the
+/// sender's retry is exercised), every later one a 200 and is kept.
+#[derive(Clone, Default)]
+pub struct WebhookReceiver {
+    attempts: std::sync::Arc<std::sync::Mutex<u32>>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl WebhookReceiver {
+    /// The bodies accepted so far, in arrival order.
+    pub fn accepted(&self) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Deliveries tried so far, refused ones included.
+    pub fn attempts(&self) -> u32 {
+        *self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serve on an ephemeral port; returns the URL to deliver to.
+    pub async fn serve(self) -> String {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the webhook receiver");
+        let addr = listener.local_addr().expect("local address");
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let hook = self.clone();
+                async move {
+                    let n = {
+                        let mut a = hook.attempts.lock().unwrap_or_else(|e| e.into_inner());
+                        *a += 1;
+                        *a
+                    };
+                    if n == 1 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        hook.bodies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(body);
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+}
+
 /// A `herdwatch serve` child process on loopback ports picked at run time.
 pub struct ServeChild {
     pub child: std::process::Child,

@@ -150,6 +150,15 @@ struct Fed {
 /// Feed `batches` as they would arrive, a tick a second, then the idle
 /// ticks that flush the last traces.
 fn feed(live: &mut LiveAnalysis, batches: &[Batch]) -> Fed {
+    feed_with(live, batches, |_, _| {})
+}
+
+/// [`feed`], handing each tick's report to `on_tick`.
+fn feed_with(
+    live: &mut LiveAnalysis,
+    batches: &[Batch],
+    mut on_tick: impl FnMut(&LiveAnalysis, &Report),
+) -> Fed {
     let (mut last, mut first_seen) = (None, None);
     let (mut rebuilt_buckets, mut ticks, mut peak_fact_bytes) = (0, 0, 0);
     let idle = LiveSettings::new(0).idle_ticks_to_flush as usize;
@@ -160,6 +169,7 @@ fn feed(live: &mut LiveAnalysis, batches: &[Batch]) -> Fed {
         ticks += 1;
         rebuilt_buckets += stats.rebuilt_buckets;
         peak_fact_bytes = peak_fact_bytes.max(stats.fact_bytes);
+        on_tick(live, &report);
         if first_seen.is_none() && !report.incidents.is_empty() {
             first_seen = Some((live.latest(), report.incidents[0].clone()));
         }
@@ -290,4 +300,83 @@ fn bounded_fact_memory_keeps_the_series_and_the_verdict() {
             .collect::<Vec<_>>()
     };
     assert_eq!(verdict(&batch_report), verdict(&report));
+}
+
+/// An incident's alert is routed on its labels (a page goes where a
+/// ticket does not), so when an open incident is refined (another kind, or
+/// a higher severity as its burn grows) the alert it fired as is resolved
+/// and the one it is now fires; at the end the last one is resolved; never
+/// two at once. A cold cache burns at ticket rate for its first seconds
+/// and at page rate after. The capture is fed tick by tick as in `replay`,
+/// each tick's report merged into a registry and its transitions delivered
+/// as `serve` does, to a real webhook receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refined_incident_resolves_the_alert_it_fired_as_and_fires_as_what_it_is() {
+    use herdwatch_collector::alerts::Notifier;
+    use herdwatch_collector::live::{deliver, merge};
+    use herdwatch_collector::testsuite::WebhookReceiver;
+
+    let hook = WebhookReceiver::default();
+    let url = hook.clone().serve().await;
+    let notifier = Notifier::start(url, std::time::Duration::from_millis(20));
+    let (batches, truth) = committed(Scenario::ColdCache);
+    let analyzer = Analyzer::new(Default::default(), Vec::new());
+    let mut live = LiveAnalysis::new(analyzer, LiveSettings::new(u64::MAX / 4));
+    let mut registry = Vec::new();
+    let mut labels = Vec::new();
+    feed_with(&mut live, &batches, |live, report| {
+        let t = merge(&mut registry, report.incidents.clone(), live.window_from());
+        deliver(&notifier, "http://dashboard", &registry, &t, live.latest());
+        if let Some(i) = registry.first() {
+            let now = format!("{} {}", i.kind.as_str(), i.severity.as_str());
+            if labels.last() != Some(&now) {
+                labels.push(now);
+            }
+        }
+    });
+    let [incident] = registry.as_slice() else {
+        panic!("one incident: {registry:?}")
+    };
+    assert_eq!(Some(incident.kind.as_str()), truth.kind.as_deref());
+    assert!(!incident.is_open(), "the capture ends calm");
+    assert_eq!(
+        labels,
+        ["cold-cache ticket", "cold-cache page"],
+        "escalated"
+    );
+
+    // Every delivery queued above arrives (the receiver refuses the first
+    // once; the notifier retries), in order.
+    let expected = [
+        "firing cold-cache ticket",
+        "resolved cold-cache ticket",
+        "firing cold-cache page",
+        "resolved cold-cache page",
+    ];
+    let seen = || -> Vec<String> {
+        hook.accepted()
+            .iter()
+            .map(|b| {
+                let l = &b["alerts"][0]["labels"];
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+                format!(
+                    "{} {} {}",
+                    s(&b["status"]),
+                    s(&l["kind"]),
+                    s(&l["severity"])
+                )
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen().len() < expected.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen(), expected);
+    for body in hook.accepted() {
+        assert_eq!(
+            body["alerts"][0]["labels"]["incident_id"],
+            incident.id.as_str()
+        );
+    }
 }

@@ -22,7 +22,7 @@ async fn incidents(dashboard: std::net::SocketAddr) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browser() {
     // A webhook receiver that refuses the first delivery with a 500.
-    let hook = Hook::default();
+    let hook = testsuite::WebhookReceiver::default();
     let hook_url = hook.clone().serve().await;
     let dir = testsuite::temp_dir("live");
     let config = testsuite::loopback_config(
@@ -112,7 +112,7 @@ async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browse
         accepted[0]["alerts"][0]["labels"]["kind"],
         "synchronized-expiry"
     );
-    assert!(*hook.attempts.lock().unwrap() >= 3, "the 500 was retried");
+    assert!(hook.attempts() >= 3, "the 500 was retried");
     browser_pass(running.dashboard_addr, &id).await;
     running.shutdown().await;
 
@@ -126,46 +126,6 @@ async fn a_live_stampede_opens_resolves_survives_restart_and_renders_in_a_browse
     assert_eq!(kept["end_unix_nano"], resolved["end_unix_nano"]);
     assert!(again.store.stats().totals.spans as u64 >= sent - sent / 100);
     again.shutdown().await;
-}
-
-/// A local webhook receiver: the first request gets a 500, the rest 200.
-#[derive(Clone, Default)]
-struct Hook {
-    attempts: std::sync::Arc<std::sync::Mutex<u32>>,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Hook {
-    fn accepted(&self) -> Vec<serde_json::Value> {
-        self.bodies.lock().unwrap().clone()
-    }
-
-    async fn serve(self) -> String {
-        use axum::routing::post;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            "/hook",
-            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-                let hook = self.clone();
-                async move {
-                    let n = {
-                        let mut a = hook.attempts.lock().unwrap();
-                        *a += 1;
-                        *a
-                    };
-                    if n == 1 {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        hook.bodies.lock().unwrap().push(body);
-                        axum::http::StatusCode::OK
-                    }
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}/hook")
-    }
 }
 
 fn list_kinds(list: &[serde_json::Value]) -> Vec<String> {
