@@ -55,6 +55,19 @@ pub struct AnalysisConfig {
     pub cold_marker_window_seconds: f64,
     /// Share of failed lookups that makes the cache unavailable.
     pub unavailable_failure_share: f64,
+    /// A bucket whose 5xx share burns the SLO's error budget this many
+    /// times faster than sustainable breaches the SLO, as a P95 over the
+    /// threshold does (the page rate of the burn-rate rules by default):
+    /// requests shed or failed fast are bad without being slow.
+    pub error_burn_rate: f64,
+    /// Lookups per request falling to this share of their baseline while
+    /// requests go on: the service stopped asking the cache (a client
+    /// circuit breaker open, a client that gave up), and what it asked the
+    /// cache for comes from the database.
+    pub bypass_lookup_ratio: f64,
+    /// … in a service that looks up at least this many times per request
+    /// at its baseline.
+    pub bypass_min_lookups_per_request: f64,
     /// Minimum requests in a bucket for its latency quantiles to count.
     pub min_requests_per_bucket: u64,
     /// Exemplar trace ids kept per incident.
@@ -102,6 +115,9 @@ impl Default for AnalysisConfig {
             sync_fill_spread_seconds: 10.0,
             cold_marker_window_seconds: 120.0,
             unavailable_failure_share: 0.3,
+            error_burn_rate: 14.4,
+            bypass_lookup_ratio: 0.2,
+            bypass_min_lookups_per_request: 0.5,
             min_requests_per_bucket: 3,
             exemplars: 5,
             top_keys: 5,
@@ -130,6 +146,11 @@ impl AnalysisConfig {
             ("analysis.burst_mad_factor", self.burst_mad_factor),
             ("analysis.db_p95_factor", self.db_p95_factor),
             ("analysis.pool_wait_ms", self.pool_wait_ms),
+            ("analysis.error_burn_rate", self.error_burn_rate),
+            (
+                "analysis.bypass_min_lookups_per_request",
+                self.bypass_min_lookups_per_request,
+            ),
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -144,6 +165,7 @@ impl AnalysisConfig {
                 "analysis.unavailable_failure_share",
                 self.unavailable_failure_share,
             ),
+            ("analysis.bypass_lookup_ratio", self.bypass_lookup_ratio),
         ];
         for (key, v) in shares {
             if !(0.0..=1.0).contains(&v) {

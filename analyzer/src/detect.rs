@@ -30,7 +30,14 @@ pub struct Flags {
     /// since one slow query or a scheduler stall on a busy host looks the
     /// same for a second.
     pub strong_sat: Vec<bool>,
+    /// The SLO breached: P95 over its threshold, or 5xx burning the error
+    /// budget at `error_burn_rate` or faster.
     pub spike: Vec<bool>,
+    /// The service stopped asking the cache: lookups per request at or
+    /// under `bypass_lookup_ratio` of their baseline.
+    pub bypass: Vec<bool>,
+    /// Baseline lookups per request at each bucket (NaN without one).
+    pub lookups_per_request_baseline: Vec<f64>,
     /// Baseline (median) misses per bucket at each bucket.
     pub miss_baseline: Vec<f64>,
     pub db_p95_baseline: Vec<f64>,
@@ -49,6 +56,8 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         saturated: vec![false; n],
         strong_sat: vec![false; n],
         spike: vec![false; n],
+        bypass: vec![false; n],
+        lookups_per_request_baseline: vec![f64::NAN; n],
         miss_baseline: vec![f64::NAN; n],
         db_p95_baseline: vec![f64::NAN; n],
         p95_baseline: vec![f64::NAN; n],
@@ -56,7 +65,9 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
     let mut misses: VecDeque<f64> = VecDeque::new();
     let mut db_p95: VecDeque<f64> = VecDeque::new();
     let mut p95: VecDeque<f64> = VecDeque::new();
+    let mut lookups_per_request: VecDeque<f64> = VecDeque::new();
     let threshold = series.slo.threshold_ms;
+    let error_share = config.error_burn_rate * (1.0 - series.slo.target);
     for (b, k) in series.buckets.iter().enumerate() {
         let mv: Vec<f64> = misses.iter().copied().collect();
         let med = median(&mv);
@@ -96,8 +107,22 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         let queued = k.queued >= 1.0;
         f.saturated[b] = pool || pending || at_pool || slow_db || queued;
         f.strong_sat[b] = pool || pending || at_pool;
-        f.spike[b] = k.requests >= config.min_requests_per_bucket as f64 && k.p95_ms > threshold;
-        if !(f.burst[b] || f.saturated[b] || f.spike[b]) {
+        let enough = k.requests >= config.min_requests_per_bucket as f64;
+        f.spike[b] = enough && (k.p95_ms > threshold || k.errors / k.requests >= error_share);
+        let lv: Vec<f64> = lookups_per_request.iter().copied().collect();
+        let lookup_base = median(&lv);
+        f.lookups_per_request_baseline[b] = lookup_base;
+        f.bypass[b] = enough
+            && lv.len() >= 5
+            && lookup_base >= config.bypass_min_lookups_per_request
+            && k.lookups / k.requests <= config.bypass_lookup_ratio * lookup_base;
+        if !(f.burst[b] || f.saturated[b] || f.spike[b] || f.bypass[b]) {
+            if enough {
+                lookups_per_request.push_back(k.lookups / k.requests);
+                if lookups_per_request.len() > window {
+                    lookups_per_request.pop_front();
+                }
+            }
             misses.push_back(k.misses);
             if misses.len() > window {
                 misses.pop_front();
@@ -138,7 +163,7 @@ pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
     let mut out = Vec::new();
     let mut cur: Option<(usize, usize)> = None;
     for b in 0..n {
-        let active = f.burst[b] || f.saturated[b] || f.spike[b];
+        let active = f.burst[b] || f.saturated[b] || f.spike[b] || f.bypass[b];
         match (&mut cur, active) {
             (None, true) => cur = Some((b, b + 1)),
             (Some((_, end)), true) => *end = b + 1,
@@ -280,13 +305,23 @@ pub fn detect_where(
             ep.end,
             config.burst_min_buckets,
         );
+        // Lookups that stopped: a run as long as a burst's.
+        let bypass = first_run(
+            &f.bypass,
+            &f.burst,
+            ep.start,
+            ep.end,
+            config.burst_min_buckets,
+        );
         let spike = (ep.start..ep.end).find(|&b| f.spike[b]);
         let Some(spike) = spike else { continue };
         let sat_measurable = series.coverage.pool_metrics || series.coverage.db_spans;
         if sat.is_none() && sat_measurable {
             continue;
         }
-        let first = [burst, sat, Some(spike)]
+        // What the cache did first: missed in a burst, or stopped being asked.
+        let cache_onset = [burst, bypass].into_iter().flatten().min();
+        let first = [cache_onset, sat, Some(spike)]
             .into_iter()
             .flatten()
             .min()
@@ -306,11 +341,18 @@ pub fn detect_where(
             .iter()
             .map(|b| b.recompute_db_ms)
             .sum();
-        let share = (series.coverage.db_spans && db_ms > 0.0).then(|| rc_ms / db_ms);
-        let leads = burst.is_some_and(|b| sat.is_none_or(|s| b <= s + tol) && b <= spike + tol);
+        let mut share = (series.coverage.db_spans && db_ms > 0.0).then(|| rc_ms / db_ms);
+        if bypass.is_some() {
+            // Requests that skipped the cache query the database for what
+            // it held, without a miss to call it a recompute: their share
+            // is the database time above the baseline's cost per request.
+            share = share.map(|s| s.max(fall_through_share(series, first, window.clone(), tol)));
+        }
+        let leads =
+            cache_onset.is_some_and(|b| sat.is_none_or(|s| b <= s + tol) && b <= spike + tol);
         let stampede = leads && share.is_none_or(|s| s >= config.min_recompute_share);
         let onset_b = if stampede {
-            burst.unwrap_or(first)
+            cache_onset.unwrap_or(first)
         } else {
             first
         };
@@ -412,7 +454,7 @@ pub fn detect_where(
         let failure_share = failed as f64 / lookups.len().max(1) as f64;
         let kind = if !stampede {
             Kind::DbSaturation
-        } else if failure_share >= config.unavailable_failure_share {
+        } else if bypass.is_some() || failure_share >= config.unavailable_failure_share {
             Kind::CacheUnavailable
         } else if marker.is_some() {
             Kind::ColdCache
@@ -523,6 +565,15 @@ pub fn detect_where(
             fill_cluster_share: fill_cluster,
             retries,
             gaps: series.coverage.gaps(),
+            lookups_per_request_before: bypass
+                .map(|_| nan0(f.lookups_per_request_baseline[onset_b])),
+            lookups_per_request_during: bypass.map(|_| {
+                let (lookups, requests) = (onset_b..end_b)
+                    .filter(|&b| f.bypass[b])
+                    .map(|b| &series.buckets[b])
+                    .fold((0.0, 0.0), |(l, r), b| (l + b.lookups, r + b.requests));
+                lookups / requests.max(1.0)
+            }),
         };
         if !series.coverage.cache_spans {
             evidence.misses = window_buckets.iter().map(|b| b.misses).sum::<f64>().round() as u64;
@@ -659,6 +710,29 @@ pub fn detect_where(
     out
 }
 
+/// The share of the database time in `window` above what its requests
+/// cost at the baseline (database time per request over the minute before
+/// `first`, less the lead tolerance).
+fn fall_through_share(
+    series: &ServiceSeries,
+    first: usize,
+    window: std::ops::Range<usize>,
+    tol: usize,
+) -> f64 {
+    let sum = |r: std::ops::Range<usize>, v: fn(&crate::signals::Bucket) -> f64| -> f64 {
+        series.buckets[r].iter().map(v).sum()
+    };
+    let before = first.saturating_sub(60)..first.saturating_sub(tol);
+    let base_per_request = sum(before.clone(), |b| b.db_ms) / sum(before, |b| b.requests).max(1.0);
+    let db_ms = sum(window.clone(), |b| b.db_ms);
+    let expected = base_per_request * sum(window, |b| b.requests);
+    if db_ms > 0.0 {
+        ((db_ms - expected) / db_ms).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 /// The largest share of `times` (seconds) within one window of `width`
 /// seconds, and the spread (first to last) of that cluster. `None` below
 /// three fills.
@@ -695,8 +769,9 @@ pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
         .recompute_share
         .map(|s| {
             format!(
-                "; {} of database time in the window was recomputing missed keys",
-                pct(s)
+                "; {} of database time in the window was {}",
+                pct(s),
+                e.share_of_what()
             )
         })
         .unwrap_or_default();
@@ -731,10 +806,18 @@ pub fn cause_sentence(kind: Kind, e: &Evidence, service: &str) -> String {
             e.marker.as_deref().unwrap_or("a deploy or flush"),
             pct(e.miss_ratio_peak)
         ),
-        Kind::CacheUnavailable => format!(
-            "Cache unavailable for {service}: {} lookups failed and fell through to the database, which saturated{share}.",
-            e.failed_lookups
-        ),
+        Kind::CacheUnavailable => {
+            match (e.lookups_per_request_before, e.lookups_per_request_during) {
+                (Some(before), Some(during)) => format!(
+                    "Cache unavailable for {service}: lookups fell from {before:.2} to {during:.2} per request ({} of them failed) as the service stopped asking the cache (a client circuit breaker open, or a client that gave up), and requests fell through to the database{share}.",
+                    e.failed_lookups
+                ),
+                _ => format!(
+                    "Cache unavailable for {service}: {} lookups failed and fell through to the database, which saturated{share}.",
+                    e.failed_lookups
+                ),
+            }
+        }
         Kind::DbSaturation => format!(
             "Database saturation in {service} not caused by the cache: latency rose to P95 {:.0} ms without a miss burst{}.",
             e.p95_peak_ms,
@@ -767,6 +850,7 @@ fn confidence(
                 0.1 * keys + 0.05 * e.fill_cluster_share.unwrap_or(0.0)
             }
             Kind::ColdCache => 0.15,
+            Kind::CacheUnavailable if e.lookups_per_request_during.is_some() => 0.15,
             Kind::CacheUnavailable => {
                 0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0)
             }
@@ -865,6 +949,85 @@ mod tests {
         assert_eq!(burst(10.0, 5.0), (true, true), "a herd of 5 on one key");
         assert_eq!(burst(24.0, 1.0), (true, true), "three times the limit");
         assert_eq!(burst(23.0, 1.0), (true, false));
+    }
+
+    #[test]
+    fn errors_that_burn_the_budget_at_the_page_rate_breach_the_slo_without_latency() {
+        let config = AnalysisConfig::default();
+        // 99 % target: 14.4 × 1 % = 14.4 % of requests failing.
+        let spike = |errors: f64, p95_ms: f64| {
+            flags(
+                &series_with(Bucket {
+                    lookups: 100.0,
+                    requests: 100.0,
+                    errors,
+                    p95_ms,
+                    ..Bucket::default()
+                }),
+                &config,
+            )
+            .spike[30]
+        };
+        assert!(!spike(14.0, 20.0));
+        assert!(spike(15.0, 20.0), "fast 5xx are bad");
+        assert!(spike(0.0, 501.0), "slow requests are bad");
+        assert!(!spike(0.0, 500.0));
+    }
+
+    #[test]
+    fn lookups_that_stop_while_requests_go_on_bypass_the_cache() {
+        let config = AnalysisConfig::default();
+        // The calm buckets look up once a request.
+        let bypass = |lookups: f64, requests: f64| {
+            flags(
+                &series_with(Bucket {
+                    lookups,
+                    requests,
+                    p95_ms: 20.0,
+                    ..Bucket::default()
+                }),
+                &config,
+            )
+            .bypass[30]
+        };
+        assert!(bypass(0.0, 100.0), "no lookup at all");
+        assert!(bypass(20.0, 100.0), "a fifth of the baseline's");
+        assert!(!bypass(21.0, 100.0));
+        assert!(!bypass(0.0, 2.0), "too few requests to tell");
+        // A service that rarely asks its cache has nothing to stop.
+        let mut rare = series_with(Bucket {
+            lookups: 0.0,
+            requests: 100.0,
+            ..Bucket::default()
+        });
+        for b in &mut rare.buckets[..30] {
+            b.lookups = 40.0;
+        }
+        assert!(!flags(&rare, &config).bypass[30], "0.4 lookups per request");
+        rare.buckets[..30].iter_mut().for_each(|b| b.lookups = 50.0);
+        assert!(flags(&rare, &config).bypass[30], "0.5 lookups per request");
+    }
+
+    #[test]
+    fn fall_through_is_the_database_time_above_the_baselines_cost_per_request() {
+        let mut series = series_with(Bucket::default());
+        // The minute before: 4 ms of database time per 100 requests.
+        series.buckets.iter_mut().for_each(|b| b.db_ms = 4.0);
+        series.buckets.truncate(30);
+        series.buckets.extend(std::iter::repeat_n(
+            Bucket {
+                requests: 100.0,
+                db_ms: 400.0,
+                ..Bucket::default()
+            },
+            10,
+        ));
+        // Expected 10 × 4 ms = 40 of 4,000 ms: 99 % fell through. The lead
+        // tolerance (2 buckets) before bucket 30 is left out of the baseline.
+        let share = fall_through_share(&series, 30, 30..40, 2);
+        assert!((share - 0.99).abs() < 1e-12, "{share}");
+        // As busy as the baseline: nothing fell through.
+        assert_eq!(fall_through_share(&series, 30, 0..10, 2), 0.0);
     }
 
     #[test]

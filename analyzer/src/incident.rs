@@ -100,6 +100,25 @@ pub struct Evidence {
     pub retries: u64,
     /// What the input did not show (reduced analysis).
     pub gaps: Vec<String>,
+    /// Lookups per request at the baseline and over the buckets where the
+    /// service stopped asking the cache (both absent when it did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_per_request_before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_per_request_during: Option<f64>,
+}
+
+impl Evidence {
+    /// What `recompute_share` measures, as a phrase: the recomputes of
+    /// missed keys, or, when the service stopped asking the cache, the
+    /// requests that fell through to the database without a lookup.
+    pub fn share_of_what(&self) -> &'static str {
+        if self.lookups_per_request_during.is_some() {
+            "requests falling through past the cache"
+        } else {
+            "recomputing missed keys"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

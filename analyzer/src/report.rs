@@ -1132,11 +1132,20 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(o, "    pool use peak     {:.0} %", p * 100.0);
         }
         let _ = writeln!(o, "    db in flight peak {:.0}", e.db_inflight_peak);
+        if let (Some(before), Some(during)) =
+            (e.lookups_per_request_before, e.lookups_per_request_during)
+        {
+            let _ = writeln!(
+                o,
+                "    lookups/request   {before:.2} baseline → {during:.2} while the cache was not asked"
+            );
+        }
         if let Some(s) = e.recompute_share {
             let _ = writeln!(
                 o,
-                "    recompute share   {:.0} % of database time in the window was recomputing missed keys",
-                s * 100.0
+                "    recompute share   {:.0} % of database time in the window was {}",
+                s * 100.0,
+                e.share_of_what()
             );
         }
         let _ = writeln!(

@@ -283,8 +283,21 @@ pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
         ),
         ("Largest herd".into(), e.herd_max.to_string()),
     ];
+    if let (Some(before), Some(during)) =
+        (e.lookups_per_request_before, e.lookups_per_request_during)
+    {
+        v.push((
+            "Lookups per request".into(),
+            format!("{before:.2} baseline → {during:.2} while the cache was not asked"),
+        ));
+    }
     if let Some(s) = e.recompute_share {
-        v.push(("Recompute share of database time".into(), pct(s)));
+        let label = if e.lookups_per_request_during.is_some() {
+            "Fall-through share of database time"
+        } else {
+            "Recompute share of database time"
+        };
+        v.push((label.into(), pct(s)));
     }
     if let Some(p) = e.pool_use_peak {
         v.push(("Pool use peak".into(), pct(p)));

@@ -113,6 +113,25 @@ async fn incident_page_has_cause_timeline_evidence_keys_exemplars_mitigations() 
 }
 
 #[tokio::test]
+async fn a_cache_the_service_stopped_asking_shows_its_lookups_and_fall_through_share() {
+    let mut i = testsuite::incident("c3", "catalog", Kind::CacheUnavailable, 1000, true);
+    i.evidence.lookups_per_request_before = Some(1.0);
+    i.evidence.lookups_per_request_during = Some(0.004);
+    i.evidence.recompute_share = Some(0.97);
+    let (s, body) = get(app(vec![i]), "/incidents/c3").await;
+    assert_eq!(s, StatusCode::OK);
+    for needle in [
+        "Lookups per request",
+        "1.00 baseline → 0.00 while the cache was not asked",
+        "Fall-through share of database time",
+        "97 %",
+    ] {
+        assert!(body.contains(needle), "missing {needle:?}");
+    }
+    assert!(!body.contains("Recompute share of database time"));
+}
+
+#[tokio::test]
 async fn untrusted_strings_are_escaped_everywhere() {
     for uri in ["/", "/incidents/a1", "/services", "/slos"] {
         let (_, body) = get(app(fixtures()), uri).await;

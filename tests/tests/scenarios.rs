@@ -373,22 +373,51 @@ fn switched_on_mitigations_prevent_the_stampedes_they_fit() {
             &report,
         );
     }
-    // A breaker with a recompute limiter does not bring the cache back, but
-    // it keeps the database inside its pool and the tail short.
+}
+
+/// A client circuit breaker with a recompute limiter does not bring the
+/// cache back, but it keeps the tail short: the breaker stops the cache
+/// calls (no lookup spans but its probes) and the limiter sheds what the
+/// database cannot take (503s, fast). The SLO burns on errors, not on
+/// latency, and no miss is ever seen: still a cache outage, not a database
+/// problem.
+#[test]
+fn a_cache_outage_behind_an_open_breaker_is_named_from_the_lookups_that_stopped() {
     let (_, plain) = committed(Scenario::CacheUnavailable);
     let capture =
         Capture::new(Scenario::CacheUnavailable, 7).with_mitigations(&[Mitigation::CircuitBreaker]);
     let limited = capture.truth();
+    assert_eq!(limited.kind.as_deref(), Some("cache-unavailable"));
     assert!(limited.services[0].p95_peak_ms < plain.services[0].p95_peak_ms / 4.0);
-    assert!(limited.services[0].peak_pool_used <= limited.services[0].pool_max);
+    assert!(
+        limited.services[0].p95_peak_ms < 500.0,
+        "under the SLO threshold"
+    );
     let report = analyse_capture(&capture, EmitOptions::default(), Format::JsonLines);
-    for i in &report.incidents {
-        assert!(i.evidence.p95_peak_ms < plain.services[0].p95_peak_ms / 2.0);
-        assert!(
-            i.evidence.pool_use_peak.unwrap_or(0.0) < 0.9,
-            "no saturation"
-        );
-    }
+    verify("cache-unavailable + circuit-breaker", &limited, &report);
+    let e = &report.incidents[0].evidence;
+    assert!(e.p95_peak_ms < plain.services[0].p95_peak_ms / 2.0);
+    let (before, during) = (
+        e.lookups_per_request_before.expect("lookups stopped"),
+        e.lookups_per_request_during.expect("lookups stopped"),
+    );
+    assert!(before > 0.95 && during < 0.05, "{before} -> {during}");
+    assert!(e.bad_requests * 2 > e.requests, "most were shed: {e:?}");
+    assert!(
+        report.incidents[0]
+            .cause
+            .contains("stopped asking the cache"),
+        "{}",
+        report.incidents[0].cause
+    );
+    // Without the breaker the lookups go on (and fail): not a bypass.
+    let plain_report = analyse_file(&committed(Scenario::CacheUnavailable).0);
+    assert_eq!(
+        plain_report.incidents[0]
+            .evidence
+            .lookups_per_request_during,
+        None
+    );
 }
 
 #[test]
