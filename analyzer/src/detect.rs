@@ -559,6 +559,7 @@ pub fn detect_where(
                 miss_burst_unix_nano: burst.map(|b| series.time_of(b)),
                 db_saturation_unix_nano: sat.map(|b| series.time_of(b)),
                 latency_spike_unix_nano: Some(series.time_of(spike)),
+                cache_bypass_unix_nano: bypass.map(|b| series.time_of(b)),
             },
             marker: marker.map(|m| format!("{}: {}", m.kind.as_str(), m.detail)),
             fill_spread_seconds: fill_spread,

@@ -126,6 +126,9 @@ pub struct Onsets {
     pub miss_burst_unix_nano: Option<u64>,
     pub db_saturation_unix_nano: Option<u64>,
     pub latency_spike_unix_nano: Option<u64>,
+    /// When the service stopped asking its cache (absent when it did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bypass_unix_nano: Option<u64>,
 }
 
 /// One bucket of an incident's timeline.

@@ -48,6 +48,7 @@ pub fn incident(id: &str, label: &str, kind: Kind, onset_s: u64, open: bool) -> 
                 miss_burst_unix_nano: Some(onset),
                 db_saturation_unix_nano: Some(onset + 1_000_000_000),
                 latency_spike_unix_nano: Some(onset + 2_000_000_000),
+                cache_bypass_unix_nano: None,
             },
             ..Evidence::default()
         },

@@ -421,6 +421,13 @@ pub fn incident_section(i: &Incident, config: &DashboardConfig) -> String {
             color: "#c62828",
         });
     }
+    if let Some(t) = o.cache_bypass_unix_nano {
+        markers.push(svg::Marker {
+            label: "lookups stopped",
+            t_unix_nano: t,
+            color: "#1565c0",
+        });
+    }
     if let Some(t) = o.db_saturation_unix_nano {
         markers.push(svg::Marker {
             label: "db saturation",

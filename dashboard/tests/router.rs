@@ -118,6 +118,7 @@ async fn a_cache_the_service_stopped_asking_shows_its_lookups_and_fall_through_s
     i.evidence.lookups_per_request_before = Some(1.0);
     i.evidence.lookups_per_request_during = Some(0.004);
     i.evidence.recompute_share = Some(0.97);
+    i.evidence.onsets.cache_bypass_unix_nano = Some(i.onset_unix_nano);
     let (s, body) = get(app(vec![i]), "/incidents/c3").await;
     assert_eq!(s, StatusCode::OK);
     for needle in [
@@ -125,6 +126,7 @@ async fn a_cache_the_service_stopped_asking_shows_its_lookups_and_fall_through_s
         "1.00 baseline → 0.00 while the cache was not asked",
         "Fall-through share of database time",
         "97 %",
+        "lookups stopped",
     ] {
         assert!(body.contains(needle), "missing {needle:?}");
     }

@@ -402,6 +402,9 @@ fn a_cache_outage_behind_an_open_breaker_is_named_from_the_lookups_that_stopped(
         e.lookups_per_request_during.expect("lookups stopped"),
     );
     assert!(before > 0.95 && during < 0.05, "{before} -> {during}");
+    let i = &report.incidents[0];
+    assert_eq!(e.onsets.cache_bypass_unix_nano, Some(i.onset_unix_nano));
+    assert_eq!(e.onsets.miss_burst_unix_nano, None, "no miss is ever seen");
     assert!(e.bad_requests * 2 > e.requests, "most were shed: {e:?}");
     assert!(
         report.incidents[0]
