@@ -112,7 +112,10 @@ pub fn flags(series: &ServiceSeries, config: &AnalysisConfig) -> Flags {
         let lv: Vec<f64> = lookups_per_request.iter().copied().collect();
         let lookup_base = median(&lv);
         f.lookups_per_request_baseline[b] = lookup_base;
+        // Lookups counted from Redis metrics alone also stop when their
+        // scrapes do: only lookup spans say the service stopped asking.
         f.bypass[b] = enough
+            && series.coverage.cache_spans
             && lv.len() >= 5
             && lookup_base >= config.bypass_min_lookups_per_request
             && k.lookups / k.requests <= config.bypass_lookup_ratio * lookup_base;
@@ -189,13 +192,20 @@ pub fn episodes(f: &Flags, config: &AnalysisConfig) -> Vec<Episode> {
 }
 
 /// The start of the first run of flagged buckets in [from, to) that is
-/// `min_len` long or holds a `strong` bucket (one that is a burst on its own).
-fn first_run(v: &[bool], strong: &[bool], from: usize, to: usize, min_len: usize) -> Option<usize> {
+/// `min_len` long or holds a `strong` bucket (one that is a burst on its
+/// own; with `None`, none is).
+fn first_run(
+    v: &[bool],
+    strong: Option<&[bool]>,
+    from: usize,
+    to: usize,
+    min_len: usize,
+) -> Option<usize> {
     let mut run = 0;
     for (b, &flag) in v.iter().enumerate().take(to).skip(from) {
         if flag {
             run += 1;
-            if run >= min_len || strong[b] {
+            if run >= min_len || strong.is_some_and(|s| s[b]) {
                 return Some(b + 1 - run);
             }
         } else {
@@ -293,26 +303,20 @@ pub fn detect_where(
     for ep in episodes(f, config).into_iter().filter(|e| only(e)) {
         let burst = first_run(
             &f.burst,
-            &f.strong,
+            Some(&f.strong),
             ep.start,
             ep.end,
             config.burst_min_buckets,
         );
         let sat = first_run(
             &f.saturated,
-            &f.strong_sat,
+            Some(&f.strong_sat),
             ep.start,
             ep.end,
             config.burst_min_buckets,
         );
         // Lookups that stopped: a run as long as a burst's.
-        let bypass = first_run(
-            &f.bypass,
-            &f.burst,
-            ep.start,
-            ep.end,
-            config.burst_min_buckets,
-        );
+        let bypass = first_run(&f.bypass, None, ep.start, ep.end, config.burst_min_buckets);
         let spike = (ep.start..ep.end).find(|&b| f.spike[b]);
         let Some(spike) = spike else { continue };
         let sat_measurable = series.coverage.pool_metrics || series.coverage.db_spans;
@@ -979,14 +983,18 @@ mod tests {
     fn lookups_that_stop_while_requests_go_on_bypass_the_cache() {
         let config = AnalysisConfig::default();
         // The calm buckets look up once a request.
+        let with_spans = |mut s: ServiceSeries| {
+            s.coverage.cache_spans = true;
+            s
+        };
         let bypass = |lookups: f64, requests: f64| {
             flags(
-                &series_with(Bucket {
+                &with_spans(series_with(Bucket {
                     lookups,
                     requests,
                     p95_ms: 20.0,
                     ..Bucket::default()
-                }),
+                })),
                 &config,
             )
             .bypass[30]
@@ -995,12 +1003,15 @@ mod tests {
         assert!(bypass(20.0, 100.0), "a fifth of the baseline's");
         assert!(!bypass(21.0, 100.0));
         assert!(!bypass(0.0, 2.0), "too few requests to tell");
-        // A service that rarely asks its cache has nothing to stop.
-        let mut rare = series_with(Bucket {
+        // Lookups from Redis metrics alone: they stop when scrapes do.
+        let metrics_only = series_with(Bucket {
             lookups: 0.0,
             requests: 100.0,
             ..Bucket::default()
         });
+        assert!(!flags(&metrics_only, &config).bypass[30]);
+        // A service that rarely asks its cache has nothing to stop.
+        let mut rare = with_spans(metrics_only);
         for b in &mut rare.buckets[..30] {
             b.lookups = 40.0;
         }
