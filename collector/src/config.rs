@@ -428,6 +428,32 @@ mod tests {
         assert!(err.to_string().contains("server.log_format"), "{err}");
         let raw = RawConfig::parse("[[slo]]\ntarget = 1.5\n", Path::new("h.toml")).unwrap();
         assert!(Config::build(raw, &Overrides::default()).is_err());
+        for (line, key) in [
+            ("error_burn_rate = 0", "analysis.error_burn_rate"),
+            ("bypass_lookup_ratio = 1.5", "analysis.bypass_lookup_ratio"),
+            (
+                "bypass_min_lookups_per_request = -1",
+                "analysis.bypass_min_lookups_per_request",
+            ),
+        ] {
+            let raw =
+                RawConfig::parse(&format!("[analysis]\n{line}\n"), Path::new("h.toml")).unwrap();
+            let err = Config::build(raw, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{line}: {err}");
+        }
+        let raw = RawConfig::parse(
+            "[analysis]\nerror_burn_rate = 6\nbypass_lookup_ratio = 0.1\n",
+            Path::new("h.toml"),
+        )
+        .unwrap();
+        let config = Config::build(raw, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                config.analysis.error_burn_rate,
+                config.analysis.bypass_lookup_ratio
+            ),
+            (6.0, 0.1)
+        );
     }
 
     #[test]

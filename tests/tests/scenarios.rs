@@ -413,6 +413,15 @@ fn a_cache_outage_behind_an_open_breaker_is_named_from_the_lookups_that_stopped(
         "{}",
         report.incidents[0].cause
     );
+    let text = herdwatch_analyzer::report::render_text(&report);
+    for line in [
+        format!(
+            "lookups/request   {before:.2} baseline → {during:.2} while the cache was not asked"
+        ),
+        "of database time in the window was requests falling through past the cache".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line:?} not in {text}");
+    }
     // Without the breaker the lookups go on (and fail): not a bypass.
     let plain_report = analyse_file(&committed(Scenario::CacheUnavailable).0);
     assert_eq!(
