@@ -855,7 +855,7 @@ fn confidence(
                 0.1 * keys + 0.05 * e.fill_cluster_share.unwrap_or(0.0)
             }
             Kind::ColdCache => 0.15,
-            Kind::CacheUnavailable if e.lookups_per_request_during.is_some() => 0.15,
+            Kind::CacheUnavailable if e.cache_bypassed() => 0.15,
             Kind::CacheUnavailable => {
                 0.15 * (e.failed_lookups as f64 / e.lookups.max(1) as f64 / 0.5).min(1.0)
             }

@@ -109,11 +109,17 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// The service stopped asking its cache (a bypass): `recompute_share`
+    /// is then the share of requests that fell through without a lookup.
+    pub fn cache_bypassed(&self) -> bool {
+        self.lookups_per_request_during.is_some()
+    }
+
     /// What `recompute_share` measures, as a phrase: the recomputes of
-    /// missed keys, or, when the service stopped asking the cache, the
-    /// requests that fell through to the database without a lookup.
+    /// missed keys, or, when the cache was bypassed, the requests that fell
+    /// through to the database without a lookup.
     pub fn share_of_what(&self) -> &'static str {
-        if self.lookups_per_request_during.is_some() {
+        if self.cache_bypassed() {
             "requests falling through past the cache"
         } else {
             "recomputing missed keys"

@@ -292,7 +292,7 @@ pub fn evidence_rows(i: &Incident) -> Vec<(String, String)> {
         ));
     }
     if let Some(s) = e.recompute_share {
-        let label = if e.lookups_per_request_during.is_some() {
+        let label = if e.cache_bypassed() {
             "Fall-through share of database time"
         } else {
             "Recompute share of database time"
