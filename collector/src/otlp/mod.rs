@@ -145,7 +145,9 @@ pub struct Ingest {
 /// The decoded request: the analyzer's rows plus the protobuf to store.
 struct Decoded {
     batch: Batch,
-    protobuf: Vec<u8>,
+    /// The request as protobuf, for the write-ahead log: the body itself
+    /// when it came as protobuf (shared, not copied).
+    protobuf: Bytes,
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, IngestError> {
@@ -203,28 +205,28 @@ impl Ingest {
                         format!("invalid protobuf ExportTraceServiceRequest: {e}"),
                     )
                 })?;
-                (batch, body.to_vec())
+                (batch, body.clone())
             }
             (Signal::Traces, Encoding::Json) => {
                 let r: ExportTraceServiceRequest = decode_json(body, "trace export")?;
-                (d.traces(&r), r.encode_to_vec())
+                (d.traces(&r), r.encode_to_vec().into())
             }
             (Signal::Metrics, Encoding::Protobuf) => {
                 let r: ExportMetricsServiceRequest =
                     decode_proto(body, "ExportMetricsServiceRequest")?;
-                (d.metrics(&r), body.to_vec())
+                (d.metrics(&r), body.clone())
             }
             (Signal::Metrics, Encoding::Json) => {
                 let r: ExportMetricsServiceRequest = decode_json(body, "metrics export")?;
-                (d.metrics(&r), r.encode_to_vec())
+                (d.metrics(&r), r.encode_to_vec().into())
             }
             (Signal::Logs, Encoding::Protobuf) => {
                 let r: ExportLogsServiceRequest = decode_proto(body, "ExportLogsServiceRequest")?;
-                (d.logs(&r), body.to_vec())
+                (d.logs(&r), body.clone())
             }
             (Signal::Logs, Encoding::Json) => {
                 let r: ExportLogsServiceRequest = decode_json(body, "logs export")?;
-                (d.logs(&r), r.encode_to_vec())
+                (d.logs(&r), r.encode_to_vec().into())
             }
         };
         Ok(Decoded { batch, protobuf })

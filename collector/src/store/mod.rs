@@ -12,15 +12,17 @@
 //! write queue depth, and the hot set's byte budget (older rows stay on disk
 //! and are read back from segments when a query reaches past the hot set).
 
+mod rows;
 pub mod wal;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use herdwatch_analyzer::model::{Batch, LogMarker, MetricPoint, SpanRow, Sym};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -30,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::decode::Decoder;
 use crate::telemetry::Metrics;
+use rows::Rows;
 use wal::{SegmentReader, SegmentWriter, Signal, list_segments, segment_path};
 
 /// Validated store settings.
@@ -168,9 +171,9 @@ struct SegmentMeta {
 
 #[derive(Debug, Default)]
 struct ServiceHot {
-    spans: VecDeque<SpanRow>,
-    points: VecDeque<MetricPoint>,
-    markers: VecDeque<LogMarker>,
+    spans: Rows<SpanRow>,
+    points: Rows<MetricPoint>,
+    markers: Rows<LogMarker>,
     bytes: usize,
     /// Spans and points evicted from the front so far: the row at index
     /// `i` is the service's `evicted + i`-th.
@@ -216,7 +219,7 @@ struct Inner {
 
 struct WriteRequest {
     signal: Signal,
-    payload: Vec<u8>,
+    payload: Bytes,
     batch: Batch,
     done: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
@@ -291,7 +294,7 @@ impl Store {
     pub async fn append(
         &self,
         signal: Signal,
-        payload: Vec<u8>,
+        payload: Bytes,
         batch: Batch,
     ) -> Result<AppendOutcome, StoreError> {
         let (done, wait) = oneshot::channel();
@@ -365,11 +368,12 @@ impl Store {
             let room = limit.saturating_sub(out.spans.len());
             let from = (taken[0] - svc.evicted_spans) as usize;
             let to = svc.spans.len().min(from + room);
-            out.spans.extend(svc.spans.range(from..to).cloned());
+            out.spans
+                .extend(svc.spans.iter_from(from).take(to - from).cloned());
             let from_p = (taken[1] - svc.evicted_points) as usize;
-            out.points.extend(svc.points.range(from_p..).cloned());
+            out.points.extend(svc.points.iter_from(from_p).cloned());
             out.markers
-                .extend(svc.markers.range(taken[2] as usize..).cloned());
+                .extend(svc.markers.iter_from(taken[2] as usize).cloned());
             cursor.taken.insert(
                 name.clone(),
                 [
@@ -575,6 +579,35 @@ fn service_stats<'a>(
     map.get_mut(service).expect("just inserted")
 }
 
+/// Rows grouped by service, each group in arrival order. A vector that
+/// holds one service (the usual request) is returned as it is, not copied.
+fn by_service<T>(rows: Vec<T>, service: impl Fn(&T) -> &Sym) -> Vec<(Sym, Vec<T>)> {
+    let Some(first) = rows.first().map(|r| service(r).clone()) else {
+        return Vec::new();
+    };
+    if rows.iter().all(|r| *service(r) == first) {
+        return vec![(first, rows)];
+    }
+    let mut out: Vec<(Sym, Vec<T>)> = Vec::new();
+    for r in rows {
+        let s = service(&r);
+        match out.iter().rposition(|(k, _)| k == s) {
+            Some(i) => out[i].1.push(r),
+            None => out.push((s.clone(), vec![r])),
+        }
+    }
+    out
+}
+
+/// How many rows, and their earliest and latest time.
+fn span_of<T>(rows: &[T], time: impl Fn(&T) -> u64) -> (u64, u64, u64) {
+    let (lo, hi) = rows
+        .iter()
+        .map(time)
+        .fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    (rows.len() as u64, lo, hi)
+}
+
 fn time_range(batch: &Batch) -> (u64, u64) {
     let times = batch
         .spans
@@ -719,34 +752,49 @@ impl Inner {
         let mut hot = self.hot.write().unwrap_or_else(|e| e.into_inner());
         let h = &mut *hot;
         h.stats.duplicates += duplicates;
-        for s in batch.spans {
-            let st = service_stats(&mut h.stats.services, s.service());
-            st.spans += 1;
-            st.see(s.start_unix_nano);
-            h.stats.totals.spans += 1;
-            h.stats.totals.see(s.start_unix_nano);
-            let svc = h.services.entry(s.resource.service.clone()).or_default();
-            svc.bytes += s.approx_bytes();
-            h.bytes += s.approx_bytes();
-            svc.spans.push_back(s);
+        // Per service, not per row: a request is usually one resource, and
+        // its vector of rows moves into the hot set whole.
+        for (service, spans) in by_service(batch.spans, |s| &s.resource.service) {
+            let (n, lo, hi) = span_of(&spans, |s| s.start_unix_nano);
+            let bytes: usize = spans.iter().map(SpanRow::approx_bytes).sum();
+            for st in [
+                service_stats(&mut h.stats.services, &service),
+                &mut h.stats.totals,
+            ] {
+                st.spans += n;
+                st.see(lo);
+                st.see(hi);
+            }
+            let svc = h.services.entry(service).or_default();
+            svc.bytes += bytes;
+            h.bytes += bytes;
+            svc.spans.append(spans);
         }
-        for p in batch.points {
-            let st = service_stats(&mut h.stats.services, p.service());
-            st.metric_points += 1;
-            st.see(p.time_unix_nano);
-            h.stats.totals.metric_points += 1;
-            h.stats.totals.see(p.time_unix_nano);
-            let svc = h.services.entry(p.resource.service.clone()).or_default();
-            svc.bytes += p.approx_bytes();
-            h.bytes += p.approx_bytes();
-            svc.points.push_back(p);
+        for (service, points) in by_service(batch.points, |p| &p.resource.service) {
+            let (n, lo, hi) = span_of(&points, |p| p.time_unix_nano);
+            let bytes: usize = points.iter().map(MetricPoint::approx_bytes).sum();
+            for st in [
+                service_stats(&mut h.stats.services, &service),
+                &mut h.stats.totals,
+            ] {
+                st.metric_points += n;
+                st.see(lo);
+                st.see(hi);
+            }
+            let svc = h.services.entry(service).or_default();
+            svc.bytes += bytes;
+            h.bytes += bytes;
+            svc.points.append(points);
         }
-        for m in batch.markers {
-            let st = service_stats(&mut h.stats.services, &m.resource.service);
-            st.log_records += 1;
-            h.stats.totals.log_records += 1;
-            let svc = h.services.entry(m.resource.service.clone()).or_default();
-            svc.markers.push_back(m);
+        for (service, markers) in by_service(batch.markers, |m| &m.resource.service) {
+            let n = markers.len() as u64;
+            service_stats(&mut h.stats.services, &service).log_records += n;
+            h.stats.totals.log_records += n;
+            h.services
+                .entry(service)
+                .or_default()
+                .markers
+                .append(markers);
         }
         if batch.other_logs > 0 {
             h.stats.totals.log_records += batch.other_logs;
@@ -874,7 +922,7 @@ impl Inner {
                 let all_dups = dups > 0 && req.batch.is_empty() && req.batch.other_logs == 0;
                 if !all_dups {
                     let (lo, hi) = time_range(&req.batch);
-                    writer.push(req.signal, lo, hi, &req.payload);
+                    writer.push(req.signal, lo, hi, std::mem::take(&mut req.payload));
                     let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
                     if let Some(m) = segs.last_mut() {
                         m.min_time = m.min_time.min(lo);
@@ -1014,7 +1062,7 @@ mod tests {
         let req = request(ids);
         let batch = decoder.traces(&req);
         store
-            .append(Signal::Traces, req.encode_to_vec(), batch)
+            .append(Signal::Traces, req.encode_to_vec().into(), batch)
             .await
             .unwrap()
     }
@@ -1075,6 +1123,70 @@ mod tests {
             0,
             "1 and 2 aged out"
         );
+    }
+
+    /// A request that mixes services (and names one twice) is stored per
+    /// service in arrival order, with each service's counts and times.
+    #[tokio::test]
+    async fn a_request_that_mixes_services_is_split_by_service_in_order() {
+        let dir = tmp("mixed");
+        let decoder = Decoder::default();
+        let store = Store::open(
+            StoreConfig::new(&dir),
+            decoder.clone(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let mut req = request(&[1, 2]);
+        let mut cart = request(&[3]).resource_spans.remove(0);
+        cart.resource = crate::testsuite::trace_request("cart", 0, 0).resource_spans[0]
+            .resource
+            .clone();
+        cart.resource.as_mut().unwrap().attributes[0].value =
+            Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        "cart".into(),
+                    ),
+                ),
+            });
+        let shop_again = request(&[6, 5]).resource_spans.remove(0);
+        req.resource_spans.extend([cart, shop_again]);
+        let batch = decoder.traces(&req);
+        let outcome = store
+            .append(Signal::Traces, req.encode_to_vec().into(), batch)
+            .await
+            .unwrap();
+        assert_eq!(outcome.spans, 5);
+        let ids = |service: &str| -> Vec<u8> {
+            let q = Query {
+                service: Some(service.into()),
+                ..Query::all()
+            };
+            store.spans(&q).iter().map(|s| s.span_id[0]).collect()
+        };
+        assert_eq!(ids("shop"), [1, 2, 6, 5], "shop's spans in arrival order");
+        assert_eq!(ids("cart"), [3]);
+        let stats = store.stats();
+        let shop = &stats.services["shop"];
+        assert_eq!(
+            (shop.spans, shop.first_unix_nano, shop.last_unix_nano),
+            (4, Some(1_001), Some(1_006))
+        );
+        let cart = &stats.services["cart"];
+        assert_eq!((cart.spans, cart.first_unix_nano), (1, Some(1_003)));
+        assert_eq!(
+            (
+                stats.totals.spans,
+                stats.totals.first_unix_nano,
+                stats.totals.last_unix_nano
+            ),
+            (5, Some(1_001), Some(1_006))
+        );
+        let mut cursor = TailCursor::default();
+        let tailed = store.tail(&mut cursor, usize::MAX).unwrap();
+        assert_eq!(tailed.spans.len(), 5);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
