@@ -707,6 +707,19 @@ impl Inner {
                 }
                 meta.bytes = keep;
             } else {
+                // A clean end: drop the zeros after the last record (the
+                // last segment's writer pads its block again as it writes).
+                let trim = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| match f.metadata()?.len() > reader.valid_len {
+                        true => f.set_len(reader.valid_len),
+                        false => Ok(()),
+                    });
+                trim.map_err(|source| StoreError::Recover {
+                    path: path.clone(),
+                    source,
+                })?;
                 meta.bytes = reader.valid_len;
             }
             last_valid = Some((seq, meta.bytes));
@@ -722,15 +735,14 @@ impl Inner {
         }
         let writer = match last_valid {
             Some((seq, len)) => SegmentWriter::reopen(dir, seq, len),
-            None => {
+            None => SegmentWriter::create(dir, 1).inspect(|w| {
                 metas.push(SegmentMeta {
-                    seq: 1,
-                    bytes: wal::MAGIC.len() as u64,
+                    seq: w.seq,
+                    bytes: w.file_len(),
                     min_time: u64::MAX,
                     max_time: 0,
-                });
-                SegmentWriter::create(dir, 1)
-            }
+                })
+            }),
         }
         .map_err(|source| StoreError::Recover {
             path: dir.clone(),
@@ -951,7 +963,7 @@ impl Inner {
                     }
                     // Start a fresh segment: the failed one may hold a torn tail.
                     if let Ok(w) = SegmentWriter::create(&self.config.dir, writer.seq + 1) {
-                        self.add_segment(w.seq, w.bytes);
+                        self.add_segment(w.seq, w.file_len());
                         writer = w;
                     }
                     continue;
@@ -960,14 +972,27 @@ impl Inner {
             {
                 let mut segs = self.segments.write().unwrap_or_else(|e| e.into_inner());
                 if let Some(m) = segs.last_mut() {
-                    m.bytes = writer.bytes;
+                    m.bytes = writer.file_len();
                 }
             }
             if writer.bytes >= self.config.segment_bytes {
                 match SegmentWriter::create(&self.config.dir, writer.seq + 1) {
                     Ok(w) => {
-                        self.add_segment(w.seq, w.bytes);
-                        writer = w;
+                        let closed = std::mem::replace(&mut writer, w);
+                        let len = closed.bytes;
+                        match closed.close() {
+                            Ok(()) => {
+                                let mut segs =
+                                    self.segments.write().unwrap_or_else(|e| e.into_inner());
+                                if let Some(m) = segs.last_mut() {
+                                    m.bytes = len;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot trim a closed segment's padding")
+                            }
+                        }
+                        self.add_segment(writer.seq, writer.file_len());
                         self.enforce_retention(writer.seq);
                         last_retention = Instant::now();
                     }
