@@ -12,11 +12,11 @@
 //! write queue depth, and the hot set's byte budget (older rows stay on disk
 //! and are read back from segments when a query reaches past the hot set).
 
+mod dedup;
 mod rows;
 pub mod wal;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::Hasher;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -32,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::decode::Decoder;
 use crate::telemetry::Metrics;
+use dedup::{Dedup, Kept};
 use rows::Rows;
 use wal::{SegmentReader, SegmentWriter, Signal, list_segments, segment_path};
 
@@ -65,9 +66,8 @@ impl StoreConfig {
             hot_bytes: 256 << 20,
             inflight_bytes: 64 << 20,
             queue_depth: 1024,
-            // Two generations of 458,752: each fills a 2^19-slot table to
-            // its 7/8 load (4.5 MiB), 23-46 s of retries at 20 k spans/s.
-            dedup_capacity: 917_504,
+            // 33 s of retries at 20 k spans/s, in about 8 MiB.
+            dedup_capacity: 655_360,
         }
     }
 }
@@ -461,113 +461,6 @@ enum Chunk<'a> {
     Hot(&'a ServiceHot, u64),
 }
 
-/// Bounded set of span fingerprints in two generations: the current one
-/// fills up to half the capacity, then becomes the previous one (dropping
-/// the older). It remembers at least the last `capacity / 2` spans and at
-/// most `capacity`, in two tables: no order queue beside the set, and past
-/// the first generation no rehash that holds an old and a new table at once.
-struct Dedup {
-    current: HashSet<u64, FpBuild>,
-    previous: HashSet<u64, FpBuild>,
-    generation: usize,
-}
-
-/// Fingerprints are already well-mixed 64-bit values: hash them as is.
-#[derive(Default, Clone, Copy)]
-struct FpHasher(u64);
-
-impl Hasher for FpHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FpBuild = std::hash::BuildHasherDefault<FpHasher>;
-
-impl Dedup {
-    /// The first table grows as it fills (a read-back that sees few spans
-    /// stays small, and start-up does not pay for it at once); later ones
-    /// are sized once, in the memory the dropped one freed.
-    fn new(capacity: usize) -> Self {
-        Self {
-            current: HashSet::default(),
-            previous: HashSet::default(),
-            generation: (capacity / 2).max(1),
-        }
-    }
-
-    /// Stable across restarts (replay must agree) and well mixed: the ids
-    /// are random already, so fold them with a 64-bit finalizer.
-    fn fingerprint(span: &SpanRow) -> u64 {
-        let t = &span.trace_id;
-        let a = u64::from_le_bytes(t[..8].try_into().unwrap_or_default());
-        let b = u64::from_le_bytes(t[8..].try_into().unwrap_or_default());
-        let s = u64::from_le_bytes(span.span_id);
-        let mut h = a ^ b.rotate_left(21) ^ s.rotate_left(42) ^ 0x9e37_79b9_7f4a_7c15;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-
-    fn contains(&self, fp: u64) -> bool {
-        self.current.contains(&fp) || self.previous.contains(&fp)
-    }
-
-    /// Remember `fp`; false when it was already remembered.
-    fn insert(&mut self, fp: u64) -> bool {
-        if self.contains(fp) {
-            return false;
-        }
-        if self.current.len() >= self.generation {
-            // Free the oldest table before the new one is allocated.
-            self.previous = HashSet::default();
-            self.previous = std::mem::replace(
-                &mut self.current,
-                HashSet::with_capacity_and_hasher(self.generation, FpBuild::default()),
-            );
-        }
-        self.current.insert(fp);
-        true
-    }
-
-    /// Drop spans already stored or already kept in this group, and
-    /// remember the kept ones at once (one probe a span), noting them in
-    /// `kept`; returns how many were dropped. Should the group not become
-    /// durable, [`Dedup::forget`] takes them back.
-    fn filter(&mut self, spans: &mut Vec<SpanRow>, kept: &mut Vec<u64>) -> u64 {
-        let before = spans.len();
-        spans.retain(|s| {
-            let fp = Self::fingerprint(s);
-            let new = self.insert(fp);
-            if new {
-                kept.push(fp);
-            }
-            new
-        });
-        (before - spans.len()) as u64
-    }
-
-    /// Forget what a group that failed to be written kept, so that its
-    /// retries are stored.
-    fn forget(&mut self, kept: &mut Vec<u64>) {
-        for fp in kept.drain(..) {
-            if !self.current.remove(&fp) {
-                self.previous.remove(&fp);
-            }
-        }
-    }
-}
-
 /// The stats entry of `service`, allocating its name only the first time.
 fn service_stats<'a>(
     map: &'a mut BTreeMap<String, ServiceStats>,
@@ -917,7 +810,7 @@ impl Inner {
     ) {
         let mut last_retention = Instant::now();
         // The fingerprints a group kept, until it is durable.
-        let mut kept: Vec<u64> = Vec::new();
+        let mut kept: Kept = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             while group.len() < 4096 {
@@ -1092,27 +985,6 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn dedup_remembers_at_least_half_its_capacity_and_at_most_all_of_it() {
-        let mut d = Dedup::new(4);
-        for fp in [1, 2, 3] {
-            d.insert(fp);
-        }
-        assert!(
-            [1, 2, 3].iter().all(|&fp| d.contains(fp)),
-            "generations {{1,2}}, {{3}}"
-        );
-        d.insert(2);
-        d.insert(4);
-        assert!(d.contains(1), "still in the previous generation");
-        d.insert(5);
-        assert!(
-            !d.contains(1) && !d.contains(2),
-            "the oldest generation is gone"
-        );
-        assert!([3, 4, 5].iter().all(|&fp| d.contains(fp)));
-    }
-
     /// A group's spans are remembered as they are kept (a copy later in
     /// the group goes), and a group that failed to be written is forgotten
     /// so that its retry is kept again, even across a new generation.
@@ -1136,12 +1008,14 @@ mod tests {
         assert!(kept.is_empty());
         let mut retry = spans(&[3, 4, 5, 6, 7]);
         assert_eq!(dedup.filter(&mut retry, &mut kept), 0);
-        // A generation turned over while the group was kept (capacity 8:
-        // generations of 4): forgetting still finds every one.
         assert_eq!(kept.len(), 5);
         dedup.forget(&mut kept);
         let mut retry = spans(&[3, 4, 5, 6, 7]);
         assert_eq!(dedup.filter(&mut retry, &mut Vec::new()), 0);
+        // Three more overflow the capacity of 8: the oldest go.
+        let mut more = spans(&[8, 9, 10]);
+        assert_eq!(dedup.filter(&mut more, &mut Vec::new()), 0);
+        assert_eq!(dedup.len(), 8);
         let mut old = spans(&[1, 2]);
         assert_eq!(
             dedup.filter(&mut old, &mut Vec::new()),
