@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::decode::Decoder;
 use crate::telemetry::Metrics;
 use dedup::{Dedup, Kept};
-use rows::Rows;
+use rows::{Rows, StoredBatch};
 use wal::{SegmentReader, SegmentWriter, Signal, list_segments, segment_path};
 
 /// Validated store settings.
@@ -492,13 +492,38 @@ fn by_service<T>(rows: Vec<T>, service: impl Fn(&T) -> &Sym) -> Vec<(Sym, Vec<T>
     out
 }
 
-/// How many rows, and their earliest and latest time.
-fn span_of<T>(rows: &[T], time: impl Fn(&T) -> u64) -> (u64, u64, u64) {
-    let (lo, hi) = rows
-        .iter()
-        .map(time)
-        .fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
-    (rows.len() as u64, lo, hi)
+/// A batch of one service's rows as the hot set keeps it: with its
+/// earliest and latest time and its accounted bytes.
+fn stored<T>(
+    rows: Vec<T>,
+    time: impl Fn(&T) -> u64,
+    bytes: impl Fn(&T) -> usize,
+) -> StoredBatch<T> {
+    let (mut min_time, mut max_time, mut total) = (u64::MAX, 0, 0);
+    for r in &rows {
+        let t = time(r);
+        min_time = min_time.min(t);
+        max_time = max_time.max(t);
+        total += bytes(r);
+    }
+    StoredBatch {
+        rows,
+        min_time,
+        max_time,
+        bytes: total,
+    }
+}
+
+/// Drop the oldest stored batch of `rows`, counting its rows as evicted;
+/// returns its bytes and its latest time.
+fn evict_front<T>(rows: &mut Rows<T>, evicted: &mut u64) -> (usize, u64) {
+    match rows.pop_front() {
+        Some(c) => {
+            *evicted += c.rows.len() as u64;
+            (c.bytes, c.max_time)
+        }
+        None => (0, 0),
+    }
 }
 
 fn time_range(batch: &Batch) -> (u64, u64) {
@@ -660,41 +685,43 @@ impl Inner {
         // Per service, not per row: a request is usually one resource, and
         // its vector of rows moves into the hot set whole.
         for (service, spans) in by_service(batch.spans, |s| &s.resource.service) {
-            let (n, lo, hi) = span_of(&spans, |s| s.start_unix_nano);
-            let bytes: usize = spans.iter().map(SpanRow::approx_bytes).sum();
+            let chunk = stored(spans, |s| s.start_unix_nano, SpanRow::approx_bytes);
+            let n = chunk.rows.len() as u64;
             for st in [
                 service_stats(&mut h.stats.services, &service),
                 &mut h.stats.totals,
             ] {
                 st.spans += n;
-                st.see(lo);
-                st.see(hi);
+                st.see(chunk.min_time);
+                st.see(chunk.max_time);
             }
             let svc = h.services.entry(service).or_default();
-            svc.bytes += bytes;
-            h.bytes += bytes;
-            svc.spans.append(spans);
+            svc.bytes += chunk.bytes;
+            h.bytes += chunk.bytes;
+            svc.spans.append(chunk);
         }
         for (service, points) in by_service(batch.points, |p| &p.resource.service) {
-            let (n, lo, hi) = span_of(&points, |p| p.time_unix_nano);
-            let bytes: usize = points.iter().map(MetricPoint::approx_bytes).sum();
+            let chunk = stored(points, |p| p.time_unix_nano, MetricPoint::approx_bytes);
+            let n = chunk.rows.len() as u64;
             for st in [
                 service_stats(&mut h.stats.services, &service),
                 &mut h.stats.totals,
             ] {
                 st.metric_points += n;
-                st.see(lo);
-                st.see(hi);
+                st.see(chunk.min_time);
+                st.see(chunk.max_time);
             }
             let svc = h.services.entry(service).or_default();
-            svc.bytes += bytes;
-            h.bytes += bytes;
-            svc.points.append(points);
+            svc.bytes += chunk.bytes;
+            h.bytes += chunk.bytes;
+            svc.points.append(chunk);
         }
         for (service, markers) in by_service(batch.markers, |m| &m.resource.service) {
             let n = markers.len() as u64;
             service_stats(&mut h.stats.services, &service).log_records += n;
             h.stats.totals.log_records += n;
+            // Markers are never evicted and not counted in the hot bytes.
+            let markers = stored(markers, |m| m.time_unix_nano, |_| 0);
             h.services
                 .entry(service)
                 .or_default()
@@ -724,32 +751,23 @@ impl Inner {
             let svc = h.services.get_mut(&name).expect("service just found");
             let mut freed = 0;
             let mut evicted_t = 0;
-            // Evict a chunk at a time to keep this amortised.
+            // Evict an eighth at a time to keep this amortised, a stored
+            // batch at a time, the older of the oldest spans and points
+            // first: the batches' bounds say which without reading a row.
             let target = (svc.bytes / 8).max(1);
             while freed < target {
-                let span_t = svc.spans.front().map(|s| s.start_unix_nano);
-                let point_t = svc.points.front().map(|p| p.time_unix_nano);
-                match (span_t, point_t) {
+                let span_t = svc.spans.front().map(|c| c.min_time);
+                let point_t = svc.points.front().map(|c| c.min_time);
+                let (bytes, max_time) = match (span_t, point_t) {
                     (Some(a), Some(b)) if b < a => {
-                        svc.evicted_points += 1;
-                        let p = svc.points.pop_front().expect("front exists");
-                        freed += p.approx_bytes();
-                        evicted_t = evicted_t.max(p.time_unix_nano);
+                        evict_front(&mut svc.points, &mut svc.evicted_points)
                     }
-                    (Some(_), _) => {
-                        svc.evicted_spans += 1;
-                        let s = svc.spans.pop_front().expect("front exists");
-                        freed += s.approx_bytes();
-                        evicted_t = evicted_t.max(s.start_unix_nano);
-                    }
-                    (None, Some(_)) => {
-                        svc.evicted_points += 1;
-                        let p = svc.points.pop_front().expect("front exists");
-                        freed += p.approx_bytes();
-                        evicted_t = evicted_t.max(p.time_unix_nano);
-                    }
+                    (Some(_), _) => evict_front(&mut svc.spans, &mut svc.evicted_spans),
+                    (None, Some(_)) => evict_front(&mut svc.points, &mut svc.evicted_points),
                     (None, None) => break,
-                }
+                };
+                freed += bytes;
+                evicted_t = evicted_t.max(max_time);
             }
             if freed == 0 {
                 // Only markers left: forget the service's accounted bytes.

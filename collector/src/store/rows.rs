@@ -9,10 +9,21 @@
 
 use std::collections::VecDeque;
 
+/// One stored batch of a service's rows, with what eviction needs to know
+/// about it: eviction goes a batch at a time and never reads the rows
+/// (each would be a cache miss: they were written a hot set ago).
+#[derive(Debug)]
+pub(crate) struct StoredBatch<T> {
+    pub(crate) rows: Vec<T>,
+    pub(crate) min_time: u64,
+    pub(crate) max_time: u64,
+    pub(crate) bytes: usize,
+}
+
 #[derive(Debug)]
 pub(crate) struct Rows<T> {
     /// Never holds an empty chunk.
-    chunks: VecDeque<VecDeque<T>>,
+    chunks: VecDeque<StoredBatch<T>>,
     len: usize,
 }
 
@@ -31,33 +42,27 @@ impl<T> Rows<T> {
     }
 
     /// Append a batch of rows without copying them.
-    pub(crate) fn append(&mut self, rows: Vec<T>) {
-        if rows.is_empty() {
+    pub(crate) fn append(&mut self, batch: StoredBatch<T>) {
+        if batch.rows.is_empty() {
             return;
         }
-        self.len += rows.len();
-        // `VecDeque::from(Vec)` reuses the allocation.
-        self.chunks.push_back(VecDeque::from(rows));
+        self.len += batch.rows.len();
+        self.chunks.push_back(batch);
     }
 
-    pub(crate) fn front(&self) -> Option<&T> {
-        self.chunks.front().and_then(VecDeque::front)
+    pub(crate) fn front(&self) -> Option<&StoredBatch<T>> {
+        self.chunks.front()
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
-        let chunk = self.chunks.front_mut()?;
-        let row = chunk.pop_front();
-        if chunk.is_empty() {
-            self.chunks.pop_front();
-        }
-        if row.is_some() {
-            self.len -= 1;
-        }
-        row
+    /// Remove the oldest batch.
+    pub(crate) fn pop_front(&mut self) -> Option<StoredBatch<T>> {
+        let chunk = self.chunks.pop_front()?;
+        self.len -= chunk.rows.len();
+        Some(chunk)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten()
+        self.chunks.iter().flat_map(|c| &c.rows)
     }
 
     /// Rows `from..` (in storage order), skipping whole chunks before `from`.
@@ -65,13 +70,13 @@ impl<T> Rows<T> {
         let mut skip = from;
         let mut first = self.chunks.len();
         for (i, c) in self.chunks.iter().enumerate() {
-            if skip < c.len() {
+            if skip < c.rows.len() {
                 first = i;
                 break;
             }
-            skip -= c.len();
+            skip -= c.rows.len();
         }
-        self.chunks.range(first..).flatten().skip(skip)
+        self.chunks.range(first..).flat_map(|c| &c.rows).skip(skip)
     }
 }
 
@@ -79,10 +84,19 @@ impl<T> Rows<T> {
 mod tests {
     use super::*;
 
+    fn chunk(rows: &[u32]) -> StoredBatch<u32> {
+        StoredBatch {
+            rows: rows.to_vec(),
+            min_time: rows.iter().copied().min().unwrap_or(0) as u64,
+            max_time: rows.iter().copied().max().unwrap_or(0) as u64,
+            bytes: rows.len() * 4,
+        }
+    }
+
     fn rows(chunks: &[&[u32]]) -> Rows<u32> {
         let mut r = Rows::default();
         for c in chunks {
-            r.append(c.to_vec());
+            r.append(chunk(c));
         }
         r
     }
@@ -92,7 +106,7 @@ mod tests {
         let r = rows(&[&[1, 2, 3], &[], &[4], &[5, 6]]);
         assert_eq!(r.len(), 6);
         assert_eq!(r.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-        assert_eq!(r.front(), Some(&1));
+        assert_eq!(r.front().map(|c| c.max_time), Some(3));
     }
 
     #[test]
@@ -109,15 +123,19 @@ mod tests {
     }
 
     #[test]
-    fn popping_the_front_crosses_batches_and_keeps_the_count() {
+    fn popping_the_front_takes_a_batch_and_keeps_the_count() {
         let mut r = rows(&[&[1, 2], &[3]]);
-        assert_eq!(r.pop_front(), Some(1));
-        assert_eq!(r.pop_front(), Some(2));
-        assert_eq!((r.len(), r.front()), (1, Some(&3)));
+        let first = r.pop_front().unwrap();
+        assert_eq!(
+            (first.rows, first.min_time, first.bytes),
+            (vec![1, 2], 1, 8)
+        );
+        assert_eq!(r.len(), 1);
         assert_eq!(r.iter_from(0).copied().collect::<Vec<_>>(), [3]);
-        assert_eq!(r.pop_front(), Some(3));
-        assert_eq!((r.pop_front(), r.len()), (None, 0));
-        r.append(vec![7]);
+        assert_eq!(r.pop_front().map(|c| c.rows), Some(vec![3]));
+        assert!(r.pop_front().is_none());
+        assert_eq!(r.len(), 0);
+        r.append(chunk(&[7]));
         assert_eq!(r.iter().copied().collect::<Vec<_>>(), [7]);
     }
 }
