@@ -129,8 +129,13 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     pub fn create(dir: &Path, seq: u64) -> io::Result<Self> {
+        Self::create_with(dir, seq, true)
+    }
+
+    /// [`SegmentWriter::create`], through the page cache unless `direct`.
+    fn create_with(dir: &Path, seq: u64, direct: bool) -> io::Result<Self> {
         let path = segment_path(dir, seq);
-        let (file, direct) = open_for_writing(&path, true)?;
+        let (file, direct) = open_for_writing(&path, true, direct)?;
         let mut w = Self::new(file, path, direct, seq, 0);
         w.stage(MAGIC)?;
         w.write_staged()?;
@@ -144,7 +149,7 @@ impl SegmentWriter {
     /// follows `valid_len` (padding, a cut tail) is dropped.
     pub fn reopen(dir: &Path, seq: u64, valid_len: u64) -> io::Result<Self> {
         let path = segment_path(dir, seq);
-        let (file, direct) = open_for_writing(&path, false)?;
+        let (file, direct) = open_for_writing(&path, false, true)?;
         file.set_len(valid_len)?;
         let block_start = valid_len - valid_len % BLOCK as u64;
         let mut w = Self::new(file, path, direct, seq, block_start);
@@ -271,7 +276,7 @@ impl SegmentWriter {
 
 /// Open a segment for writing, with `O_DIRECT` where the filesystem has
 /// it (tmpfs, for one, refuses the flag).
-fn open_for_writing(path: &Path, create: bool) -> io::Result<(File, bool)> {
+fn open_for_writing(path: &Path, create: bool, direct: bool) -> io::Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let options = |direct: bool| {
         let mut o = OpenOptions::new();
@@ -285,8 +290,8 @@ fn open_for_writing(path: &Path, create: bool) -> io::Result<(File, bool)> {
         }
         o
     };
-    match options(true).open(path) {
-        Ok(f) => Ok((f, true)),
+    match options(direct).open(path) {
+        Ok(f) => Ok((f, direct)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((options(false).open(path)?, false)),
         Err(e) => Err(e),
     }
@@ -580,5 +585,33 @@ mod tests {
         let end = w.bytes;
         w.close().unwrap();
         assert_eq!(fs::metadata(segment_path(&dir, 4)).unwrap().len(), end);
+    }
+
+    /// Through the page cache (a filesystem without `O_DIRECT`) the log is
+    /// the same, byte for byte.
+    #[test]
+    fn a_buffered_log_is_the_same_bytes_as_a_direct_one() {
+        let dir = tmp("modes");
+        let (a, b) = (dir.join("direct"), dir.join("buffered"));
+        let mut files = Vec::new();
+        for (sub, direct) in [(&a, true), (&b, false)] {
+            fs::create_dir_all(sub).unwrap();
+            let mut w = SegmentWriter::create_with(sub, 1, direct).unwrap();
+            // (Where the filesystem refuses O_DIRECT both are buffered.)
+            assert!(direct || !w.direct);
+            for i in 0..40u64 {
+                let payload = Bytes::from(vec![i as u8; (i as usize * 997) % 9000]);
+                w.push(Signal::Metrics, i, i, payload);
+                if i % 7 == 0 {
+                    w.flush(true).unwrap();
+                }
+            }
+            w.flush(true).unwrap();
+            files.push(fs::read(segment_path(sub, 1)).unwrap());
+        }
+        assert_eq!(files[0].len() % BLOCK, 0);
+        assert!(files[0] == files[1], "the two modes wrote different bytes");
+        let (records, r) = read_all(&segment_path(&b, 1));
+        assert_eq!((records.len(), r.corruption), (40, None));
     }
 }
