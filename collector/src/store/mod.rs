@@ -258,6 +258,12 @@ impl Store {
         });
         let mut dedup = Dedup::new(inner.config.dedup_capacity);
         let writer = inner.recover(&mut dedup)?;
+        tracing::info!(
+            dir = %inner.config.dir.display(),
+            direct_io = writer.direct(),
+            fsync = inner.config.fsync,
+            "store opened"
+        );
         let (tx, rx) = mpsc::sync_channel(inner.config.queue_depth.max(1));
         let worker = inner.clone();
         std::thread::Builder::new()

@@ -181,6 +181,11 @@ impl SegmentWriter {
         }
     }
 
+    /// Whether writes bypass the page cache (`O_DIRECT`).
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
     /// The file's length once the last flush is on disk: the records, then
     /// zeros to the end of their last block.
     pub fn file_len(&self) -> u64 {
