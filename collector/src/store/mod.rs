@@ -207,6 +207,31 @@ struct Hot {
     stats: StoreStats,
 }
 
+impl Hot {
+    /// Count a stored batch of `service` in the stats (`count` says which
+    /// counter) and the hot bytes; returns the service's rows to add it to.
+    fn account<T>(
+        &mut self,
+        service: Sym,
+        batch: &StoredBatch<T>,
+        count: fn(&mut ServiceStats) -> &mut u64,
+    ) -> &mut ServiceHot {
+        let n = batch.rows.len() as u64;
+        for st in [
+            service_stats(&mut self.stats.services, &service),
+            &mut self.stats.totals,
+        ] {
+            *count(st) += n;
+            st.see(batch.min_time);
+            st.see(batch.max_time);
+        }
+        self.bytes += batch.bytes;
+        let svc = self.services.entry(service).or_default();
+        svc.bytes += batch.bytes;
+        svc
+    }
+}
+
 struct Inner {
     config: StoreConfig,
     decoder: Decoder,
@@ -692,35 +717,15 @@ impl Inner {
         // its vector of rows moves into the hot set whole.
         for (service, spans) in by_service(batch.spans, |s| &s.resource.service) {
             let chunk = stored(spans, |s| s.start_unix_nano, SpanRow::approx_bytes);
-            let n = chunk.rows.len() as u64;
-            for st in [
-                service_stats(&mut h.stats.services, &service),
-                &mut h.stats.totals,
-            ] {
-                st.spans += n;
-                st.see(chunk.min_time);
-                st.see(chunk.max_time);
-            }
-            let svc = h.services.entry(service).or_default();
-            svc.bytes += chunk.bytes;
-            h.bytes += chunk.bytes;
-            svc.spans.append(chunk);
+            h.account(service, &chunk, |st| &mut st.spans)
+                .spans
+                .append(chunk);
         }
         for (service, points) in by_service(batch.points, |p| &p.resource.service) {
             let chunk = stored(points, |p| p.time_unix_nano, MetricPoint::approx_bytes);
-            let n = chunk.rows.len() as u64;
-            for st in [
-                service_stats(&mut h.stats.services, &service),
-                &mut h.stats.totals,
-            ] {
-                st.metric_points += n;
-                st.see(chunk.min_time);
-                st.see(chunk.max_time);
-            }
-            let svc = h.services.entry(service).or_default();
-            svc.bytes += chunk.bytes;
-            h.bytes += chunk.bytes;
-            svc.points.append(chunk);
+            h.account(service, &chunk, |st| &mut st.metric_points)
+                .points
+                .append(chunk);
         }
         for (service, markers) in by_service(batch.markers, |m| &m.resource.service) {
             let n = markers.len() as u64;
