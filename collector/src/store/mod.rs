@@ -987,6 +987,13 @@ mod tests {
         dir
     }
 
+    /// A store over `config` with fresh metrics, and the decoder it uses.
+    fn open(config: StoreConfig) -> (Store, Decoder) {
+        let decoder = Decoder::default();
+        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        (store, decoder)
+    }
+
     /// One span per id `i`, starting at 1000 + i ns.
     fn request(ids: &[u8]) -> ExportTraceServiceRequest {
         let mut r = crate::testsuite::trace_request("shop", 0, 0);
@@ -1058,13 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_mixes_services_is_split_by_service_in_order() {
         let dir = tmp("mixed");
-        let decoder = Decoder::default();
-        let store = Store::open(
-            StoreConfig::new(&dir),
-            decoder.clone(),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let (store, decoder) = open(StoreConfig::new(&dir));
         let mut req = request(&[1, 2]);
         let mut cart = request(&[3]).resource_spans.remove(0);
         cart.resource = crate::testsuite::trace_request("cart", 0, 0).resource_spans[0]
@@ -1141,13 +1142,7 @@ mod tests {
     #[tokio::test]
     async fn tail_returns_each_new_row_once_and_says_when_it_fell_behind() {
         let dir = tmp("tail");
-        let decoder = Decoder::default();
-        let store = Store::open(
-            StoreConfig::new(&dir),
-            decoder.clone(),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let (store, decoder) = open(StoreConfig::new(&dir));
         put(&store, &decoder, &[1, 2, 3]).await;
         let ids = |b: &Batch| b.spans.iter().map(|s| s.span_id[0]).collect::<Vec<_>>();
         let mut cursor = TailCursor::default();
@@ -1164,7 +1159,7 @@ mod tests {
         // a slow reader takes them, and it is told so.
         let mut config = StoreConfig::new(tmp("tail-evict"));
         config.hot_bytes = 1;
-        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        let (store, decoder) = open(config);
         let mut cursor = TailCursor::default();
         assert!(store.tail(&mut cursor, 10).unwrap().is_empty());
         put(&store, &decoder, &[5, 6]).await;
@@ -1174,11 +1169,9 @@ mod tests {
 
     #[tokio::test]
     async fn queries_reach_past_the_hot_set_to_disk() {
-        let dir = tmp("evict");
-        let decoder = Decoder::default();
-        let mut config = StoreConfig::new(&dir);
+        let mut config = StoreConfig::new(tmp("evict"));
         config.hot_bytes = 1; // everything is evicted at once
-        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        let (store, decoder) = open(config);
         put(&store, &decoder, &[1, 2]).await;
         put(&store, &decoder, &[3]).await;
         let q = Query {
@@ -1237,11 +1230,9 @@ mod tests {
 
     #[tokio::test]
     async fn hot_and_disk_answers_do_not_overlap() {
-        let dir = tmp("overlap");
-        let decoder = Decoder::default();
-        let mut config = StoreConfig::new(&dir);
+        let mut config = StoreConfig::new(tmp("overlap"));
         config.hot_bytes = 3 * std::mem::size_of::<SpanRow>();
-        let store = Store::open(config, decoder.clone(), Arc::new(Metrics::default())).unwrap();
+        let (store, decoder) = open(config);
         for i in 1..=20u8 {
             put(&store, &decoder, &[i]).await;
         }
@@ -1256,10 +1247,9 @@ mod tests {
 
     #[tokio::test]
     async fn admission_refuses_past_the_budget() {
-        let dir = tmp("admit");
-        let mut config = StoreConfig::new(&dir);
+        let mut config = StoreConfig::new(tmp("admit"));
         config.inflight_bytes = 4096;
-        let store = Store::open(config, Decoder::default(), Arc::new(Metrics::default())).unwrap();
+        let (store, _) = open(config);
         let held = store.admit(3000).unwrap();
         assert!(matches!(store.admit(2000), Err(StoreError::Overloaded(_))));
         drop(held);
