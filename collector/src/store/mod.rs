@@ -1070,15 +1070,7 @@ mod tests {
         let mut cart = request(&[3]).resource_spans.remove(0);
         cart.resource = crate::testsuite::trace_request("cart", 0, 0).resource_spans[0]
             .resource
-            .clone();
-        cart.resource.as_mut().unwrap().attributes[0].value =
-            Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-                value: Some(
-                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
-                        "cart".into(),
-                    ),
-                ),
-            });
+            .take();
         let shop_again = request(&[6, 5]).resource_spans.remove(0);
         req.resource_spans.extend([cart, shop_again]);
         let batch = decoder.traces(&req);
